@@ -1,0 +1,263 @@
+"""Agent policies: Hugging Face causal LMs, batched sampling, and token log-probs of sampled responses.
+
+Layouts (`finetune`):
+- `lora` (default): ONE frozen base model and one LoRA adapter per agent (PEFT multi-adapter). All agents'
+  G samples are generated in ONE batched `generate` call, each row routed to its agent's adapter
+  (`adapter_names`); the reference policy for KL is the base with adapters disabled.
+- `full`: one full copy of the model per agent, all weights trained (the paper's setting); one batched
+  `generate` call per agent.
+- a different model per agent: pass one name per agent (`models=[a, b]`); each gets its own model and
+  tokenizer (with `lora`, its own base with one adapter).
+
+Prompts are left-padded; pad defaults to EOS when a tokenizer has none; generation uses the KV cache; an
+optional chat template wraps each prompt as one user message. The log-prob forward gives the model the same
+position ids as generation did (cumulative attention mask), so training scores exactly what was sampled.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+
+from baselines.embedded import EMBEDDED_DIR
+from baselines.objectives import completion_mask, completion_token_logprobs
+
+Finetune = Literal["lora", "full"]
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled."""
+
+    max_new_tokens: int = 96
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+
+@dataclass
+class Completions:
+    """G sampled responses of one agent (rows), with everything needed to score them again."""
+
+    sequences: torch.Tensor  # (B, P + T) prompt (left-padded) + completion
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    mask: torch.Tensor  # (B, T) True on generated tokens up to and including the first EOS
+    texts: list[str]
+
+    @property
+    def prompt_width(self) -> int:
+        return self.prompt_mask.shape[1]
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def eos_ids_of(model, tokenizer) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS and the model's generation EOS id(s)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos] if gen_eos is not None else [])
+    if not ids:
+        raise ValueError("no EOS token id: set one on the tokenizer or the model's generation config")
+    return sorted(ids)
+
+
+class _Member:
+    """One agent's slot: the module it runs through, its adapter (LoRA) and tokenizer."""
+
+    def __init__(self, module, tokenizer, adapter: str | None, eos_ids: list[int]):
+        self.module, self.tokenizer, self.adapter, self.eos_ids = module, tokenizer, adapter, eos_ids
+        self.reference = None  # frozen copy for KL in full fine-tuning
+
+
+class Policies:
+    """The n agents' policies. `models`: None (embedded default), one name/path for all agents, or one per
+    agent."""
+
+    def __init__(
+        self,
+        agents: Sequence[str],
+        models: str | Sequence[str] | None = None,
+        finetune: Finetune = "lora",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_target: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        chat_template: bool = False,
+        need_reference: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+    ):
+        from transformers import AutoModelForCausalLM
+
+        self.agents = list(agents)
+        names = [str(EMBEDDED_DIR)] * len(self.agents) if models is None else models
+        names = [names] * len(self.agents) if isinstance(names, str) else list(names)
+        if len(names) != len(self.agents):
+            raise ValueError(f"models: got {len(names)} names for {len(self.agents)} agents {self.agents}")
+        self.finetune, self.chat_template, self.device = finetune, chat_template, device
+        self.members: dict[str, _Member] = {}
+        loaded: dict[str, tuple] = {}
+        for agent, name in zip(self.agents, names):
+            shared = finetune == "lora" and name in loaded
+            if shared:
+                module, tok = loaded[name]
+            else:
+                tok = load_tokenizer(name)
+                module = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
+                if module.config.pad_token_id is None:
+                    module.config.pad_token_id = tok.pad_token_id
+            eos = eos_ids_of(module, tok)
+            if finetune == "lora":
+                module = self._add_adapter(module, agent, shared, lora_r, lora_alpha, lora_target)
+                loaded[name] = (module, tok)
+            elif finetune == "full":
+                module.requires_grad_(True)
+            else:
+                raise ValueError(f"finetune must be 'lora' or 'full', got {finetune!r}")
+            self.members[agent] = _Member(module, tok, agent if finetune == "lora" else None, eos)
+            if finetune == "full" and need_reference:
+                self.members[agent].reference = copy.deepcopy(module).requires_grad_(False).eval()
+        for m in self.members.values():
+            m.module.eval()  # no dropout: sampling and scoring see the same function
+
+    @staticmethod
+    def _add_adapter(module, agent: str, shared: bool, r: int, alpha: int, target: Sequence[str]):
+        from peft import LoraConfig, get_peft_model
+
+        if not agent.isidentifier():
+            raise ValueError(f"agent name {agent!r} must be a Python identifier to name its LoRA adapter")
+        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target), task_type="CAUSAL_LM")
+        if shared:
+            module.add_adapter(agent, cfg)
+            return module
+        module.requires_grad_(False)
+        return get_peft_model(module, cfg, adapter_name=agent)
+
+    # ------------------------------------------------------------------ parameters and state
+    def parameters(self, agent: str) -> list[torch.nn.Parameter]:
+        """The trainable parameters of one agent (its LoRA matrices, or its whole model)."""
+        m = self.members[agent]
+        if m.adapter is None:
+            return list(m.module.parameters())
+        return [p for n, p in m.module.named_parameters() if f".{m.adapter}." in n and "lora_" in n]
+
+    def state_dict(self, agent: str) -> dict[str, torch.Tensor]:
+        m = self.members[agent]
+        if m.adapter is None:
+            return {k: v.detach().clone() for k, v in m.module.state_dict().items()}
+        return {n: p.detach().clone() for n, p in m.module.named_parameters() if f".{m.adapter}." in n and "lora_" in n}
+
+    def load_state_dict(self, agent: str, state: dict[str, torch.Tensor]) -> None:
+        m = self.members[agent]
+        if m.adapter is None:
+            m.module.load_state_dict(state)
+            return
+        params = dict(m.module.named_parameters())
+        with torch.no_grad():
+            for n, value in state.items():
+                params[n].copy_(value)
+
+    def save_final(self, agent: str, directory: Path) -> None:
+        """Write a PEFT adapter directory (LoRA) or a full model + tokenizer (full) for one agent."""
+        m = self.members[agent]
+        directory.mkdir(parents=True, exist_ok=True)
+        if m.adapter is None:
+            m.module.save_pretrained(directory)
+        else:
+            m.module.save_pretrained(directory, selected_adapters=[m.adapter])
+        m.tokenizer.save_pretrained(directory)
+
+    # ------------------------------------------------------------------ sampling
+    def _format(self, agent: str, prompt: str) -> str:
+        if not self.chat_template:
+            return prompt
+        tok = self.members[agent].tokenizer
+        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, agent: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.members[agent].tokenizer
+        batch = tok([self._format(agent, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=not self.chat_template)
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)  # (B, P)
+
+    @torch.no_grad()
+    def generate(self, prompts: dict[str, list[str]], sampling: SamplingConfig) -> dict[str, Completions]:
+        """Sample one response per prompt row for each agent. Agents sharing one LoRA base are served by
+        one batched call (a different adapter per row); other agents by one call each."""
+        groups: dict[int, list[str]] = {}
+        for agent in prompts:
+            groups.setdefault(id(self.members[agent].module), []).append(agent)
+        out: dict[str, Completions] = {}
+        for agents in groups.values():
+            out.update(self._generate_group(agents, prompts, sampling))
+        return out
+
+    def _generate_group(self, agents: list[str], prompts: dict[str, list[str]], sampling: SamplingConfig):
+        from transformers import GenerationConfig
+
+        first = self.members[agents[0]]
+        rows = [(a, p) for a in agents for p in prompts[a]]
+        ids, attn = self._encode(agents[0], [p for _, p in rows])  # same tokenizer within a group
+        greedy = sampling.temperature == 0
+        gen_cfg = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_k=None if greedy else sampling.top_k,  # explicit 0: None would mean the default of 50
+            top_p=None if greedy else sampling.top_p,
+            eos_token_id=first.eos_ids,
+            pad_token_id=first.tokenizer.pad_token_id,
+            use_cache=True,
+        )
+        kwargs = {}
+        if first.adapter is not None:
+            kwargs["adapter_names"] = [self.members[a].adapter for a, _ in rows]
+        seqs = first.module.generate(input_ids=ids, attention_mask=attn, generation_config=gen_cfg, **kwargs)  # (R, P+T)
+        mask = completion_mask(seqs[:, ids.shape[1] :], first.eos_ids)  # (R, T)
+        result, start = {}, 0
+        for agent in agents:
+            n = len(prompts[agent])
+            sl = slice(start, start + n)
+            result[agent] = Completions(seqs[sl], attn[sl], mask[sl], self._decode(agent, seqs[sl, ids.shape[1] :], mask[sl]))
+            start += n
+        return result
+
+    def _decode(self, agent: str, completion: torch.Tensor, mask: torch.Tensor) -> list[str]:
+        tok = self.members[agent].tokenizer
+        return [tok.decode(row[m].tolist(), skip_special_tokens=True).strip() for row, m in zip(completion, mask)]
+
+    # ------------------------------------------------------------------ scoring
+    def token_logprobs(self, agent: str, c: Completions, reference: bool = False) -> torch.Tensor:  # (B, T)
+        """log pi(token) of each completion token under the agent's policy (with grad), or under its
+        reference policy (no grad): the base with adapters disabled (LoRA) or the initial copy (full)."""
+        m = self.members[agent]
+        attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P + T)
+        positions = (attn.cumsum(dim=1) - 1).clamp(min=0)  # (B, P + T), as during generation
+        T = c.sequences.shape[1] - c.prompt_width
+        kwargs = dict(input_ids=c.sequences, attention_mask=attn, position_ids=positions, logits_to_keep=T + 1)
+        if not reference:
+            if m.adapter is not None:
+                m.module.set_adapter(m.adapter)
+            logits = m.module(**kwargs).logits  # (B, T+1, V)
+            return completion_token_logprobs(logits, c.sequences, c.prompt_width)
+        with torch.no_grad():
+            if m.adapter is not None:
+                with m.module.disable_adapter():
+                    logits = m.module(**kwargs).logits
+            elif m.reference is not None:
+                logits = m.reference(**kwargs).logits
+            else:
+                raise RuntimeError("no reference policy: construct Policies with need_reference=True")
+            return completion_token_logprobs(logits, c.sequences, c.prompt_width)

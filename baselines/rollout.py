@@ -1,0 +1,165 @@
+"""Rollouts shared by every algorithm: tree rollouts on env branches, the per-node policy update, evaluation.
+
+A rollout starts from an env that was just reset on one task. At each node every agent samples G responses
+(one batched `generate` for all agents when they share a LoRA base); the node's joint actions (`aligned` or
+`cross`) are each stepped on an exact clone of the node's env; in a multi-turn env each joint action that
+did not end the episode spawns a child node whose prompts are the observations that clone returned.
+Rewards are recorded per node as a (J, K) tensor: K = 1 (the joint reward) or K = n (each agent's own
+reward), chosen by the algorithm through the env's `reward_mode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from baselines.objectives import (
+    TreeNode,
+    joint_actions,
+    kl_per_sequence,
+    masked_sum,
+    policy_loss,
+    should_expand,
+)
+from baselines.policies import Completions, Policies, SamplingConfig
+
+
+@dataclass
+class Node(TreeNode):
+    """A tree node plus what the update needs: each agent's completions and the node's joint actions."""
+
+    completions: dict[str, Completions] = field(default_factory=dict)
+    actions: list[tuple[int, ...]] = field(default_factory=list)
+    joint_rewards: torch.Tensor | None = None  # (J,) the env's joint reward, always logged
+    turn: int = 1
+
+
+@dataclass
+class RolloutSettings:
+    """The rollout part of an algorithm config."""
+
+    num_generations: int
+    joint_mode: str
+    max_turns: int
+    early_termination: float | None
+    sampling: SamplingConfig
+
+
+def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSettings, turn: int = 1) -> Node:
+    """Expand one node from `env` (whose current observations are `obs`) and, recursively, its children."""
+    agents = list(env.agents)
+    G = rs.num_generations
+    completions = policies.generate({a: [obs[a]["prompt"]] * G for a in agents}, rs.sampling)
+    actions = joint_actions(len(agents), G, rs.joint_mode)  # type: ignore[arg-type]
+    rewards, joint, branches = [], [], []
+    for action in actions:
+        branch = env.clone()
+        next_obs, reward, term, trunc, infos = branch.step({a: completions[a].texts[action[i]] for i, a in enumerate(agents)})
+        rewards.append([float(reward[a]) for a in agents])
+        joint.append(float(infos[agents[0]]["joint_reward"]))
+        done = all(term.values()) or all(trunc.values())
+        branches.append(None if done else (branch, next_obs))
+    reward_t = torch.tensor(rewards, dtype=torch.float64)  # (J, n)
+    if env.reward_mode == "joint":
+        reward_t = reward_t[:, :1]  # (J, 1): identical columns
+    node = Node(rewards=reward_t, completions=completions, actions=actions, joint_rewards=torch.tensor(joint), turn=turn)
+    expand = turn < rs.max_turns and should_expand(node.rewards, rs.early_termination)
+    node.children = [
+        rollout_tree(b[0], b[1], policies, rs, turn + 1) if expand and b is not None else None for b in branches
+    ]
+    return node
+
+
+def walk(node: Node) -> list[Node]:
+    """All nodes of a tree, root first (breadth-first)."""
+    out, frontier = [], [node]
+    while frontier:
+        out.extend(frontier)
+        frontier = [c for n in frontier for c in n.children if c is not None]
+    return out
+
+
+def update_agents(
+    policies: Policies,
+    optimizers: dict[str, torch.optim.Optimizer],
+    node: Node,
+    advantages: dict[str, torch.Tensor],  # agent -> (G,)
+    kl_coef: float,
+    max_grad_norm: float | None,
+) -> dict[str, float]:
+    """One optimiser step per agent on the node's G responses: loss = -(1/G) sum_g A_g log pi(y_g | x)
+    [+ kl_coef * KL], log-prob summed over the response tokens up to and including EOS."""
+    stats: dict[str, float] = {}
+    for agent, opt in optimizers.items():
+        c = node.completions[agent]
+        token_lp = policies.token_logprobs(agent, c)  # (G, T)
+        seq_lp = masked_sum(token_lp, c.mask)  # (G,)
+        kl = None
+        if kl_coef != 0.0:
+            ref_lp = policies.token_logprobs(agent, c, reference=True)  # (G, T)
+            kl = kl_per_sequence(token_lp, ref_lp, c.mask)  # (G,)
+            stats[f"kl/{agent}"] = float(kl.mean())
+        loss = policy_loss(seq_lp, advantages[agent].to(seq_lp.dtype), kl, kl_coef)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in opt.param_groups for p in group["params"]]
+        if max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        else:
+            grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        opt.step()
+        stats[f"loss/{agent}"] = float(loss.detach())
+        stats[f"grad_norm/{agent}"] = float(grad_norm)
+        stats[f"logprob/{agent}_mean"] = float(seq_lp.detach().mean())
+    return stats
+
+
+def node_stats(root: Node, nodes: list[Node]) -> dict[str, Any]:
+    """Reward and response statistics of one training step (root = the first turn)."""
+    stats: dict[str, Any] = {
+        "reward/joint_mean": float(root.joint_rewards.mean()),
+        "reward/joint_max": float(root.joint_rewards.max()),
+        "reward/joint_std": float(root.joint_rewards.std(unbiased=False)),
+        "tree/nodes": len(nodes),
+    }
+    if root.rewards.shape[1] > 1:
+        for i, agent in enumerate(root.completions):
+            stats[f"reward/{agent}_individual_mean"] = float(root.rewards[:, i].mean())
+    for agent, c in root.completions.items():
+        stats[f"completion/{agent}_tokens_mean"] = float(c.mask.sum(dim=1).float().mean())
+        stats[f"completion/{agent}_chars_mean"] = sum(len(t) for t in c.texts) / len(c.texts)
+    return stats
+
+
+@torch.no_grad()
+def evaluate(env_factory, policies: Policies, task_ids: list[str], sampling: SamplingConfig, seed: int) -> dict[str, Any]:
+    """Joint reward of one sampled episode per held-out task, all tasks batched per turn. The episode's
+    score is the joint reward of its last turn (the final answer). Seeded, so it is repeatable."""
+    devices_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    envs, obs = [], []
+    for i, tid in enumerate(task_ids):
+        env = env_factory()
+        o, _ = env.reset(seed=seed + i, options={"task_id": tid})
+        envs.append(env)
+        obs.append(o)
+    final = [0.0] * len(envs)
+    examples: dict[str, str] = {}
+    active = list(range(len(envs)))
+    while active:
+        agents = list(envs[active[0]].agents)
+        out = policies.generate({a: [obs[i][a]["prompt"] for i in active] for a in agents}, sampling)
+        still = []
+        for row, i in enumerate(active):
+            o, _, term, trunc, infos = envs[i].step({a: out[a].texts[row] for a in agents})
+            final[i] = float(infos[agents[0]]["joint_reward"])
+            if row == 0:
+                examples = {a: out[a].texts[row] for a in agents}
+            if not (all(term.values()) or all(trunc.values())):
+                obs[i] = o
+                still.append(i)
+        active = still
+    torch.random.set_rng_state(devices_state)
+    return {"eval/joint_mean": sum(final) / len(final), "eval/tasks": len(final), "examples": examples}

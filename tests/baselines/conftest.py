@@ -1,0 +1,68 @@
+"""Fixtures for the learner tests: offline, one thread, a tiny model and a scripted toy env."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+
+class ToyEnv:
+    """A two-agent env with the llm_coop_envs API and a transparent reward, for tests that need no real
+    task: joint reward = 1 if the first agent's text has 2-6 words and the second's has 6-20, plus the
+    fraction of the max of those words counts; each agent's individual reward is its own half.
+    `max_turns=2` feeds each agent its own previous answer back."""
+
+    possible_agents = ["first", "second"]
+
+    def __init__(self, reward_mode: str = "joint", max_turns: int = 1, dataset: str = "bundled"):
+        self.reward_mode, self.max_turns = reward_mode, max_turns
+        self.agents: list[str] = []
+        self._turn, self._task = 0, ""
+        self._tasks = {"train": [f"train-{i}" for i in range(6)], "test": [f"test-{i}" for i in range(3)]}
+
+    def task_ids(self, split: str = "train") -> list[str]:
+        return list(self._tasks[split])
+
+    def reset(self, seed=None, options=None):
+        self._task = (options or {}).get("task_id", "train-0")
+        self._turn, self.agents = 0, list(self.possible_agents)
+        return {a: {"prompt": f"Task {self._task} for {a}:"} for a in self.agents}, {a: {} for a in self.agents}
+
+    def clone(self) -> "ToyEnv":
+        return copy.deepcopy(self)
+
+    @staticmethod
+    def individual(agent: str, text: str) -> float:
+        n = len(text.split())
+        lo, hi = (2, 6) if agent == "first" else (6, 20)
+        return 0.5 if lo <= n <= hi else 0.0
+
+    def step(self, actions: dict[str, str]):
+        assert set(actions) == set(self.agents), "missing agent"
+        self._turn += 1
+        ind = {a: self.individual(a, t) for a, t in actions.items()}
+        joint = sum(ind.values()) * (1.0 if all(ind.values()) else 0.5)
+        done = self._turn >= self.max_turns
+        rewards = {a: (joint if self.reward_mode == "joint" else ind[a]) for a in self.agents}
+        infos = {a: {"joint_reward": joint, "individual_reward": ind[a], "breakdown": {}} for a in self.agents}
+        obs = {a: {"prompt": f"Task {self._task} for {a}: you said {actions[a][:40]!r}. Again:"} for a in self.agents}
+        if done:
+            self.agents = []
+        return obs, rewards, {a: done for a in rewards}, {a: False for a in rewards}, infos
+
+
+def make_toy_env(env_id: str = "toy-v0", **kwargs) -> ToyEnv:
+    return ToyEnv(**kwargs)
+
+
+@pytest.fixture
+def toy_env_factory():
+    return make_toy_env
