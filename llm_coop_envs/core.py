@@ -19,7 +19,8 @@ Contract (see ``DESIGN.md`` section 3):
 * Termination: the task is solved (or failed by a task rule). Truncation: ``max_turns`` reached.
 * ``reset(seed)`` seeds a per-instance generator (never the global one); ``options`` selects a task:
   ``{"task_id": ...}`` (any split), ``{"split": ..., "index": ...}``, or ``{"split": ...}`` (random task
-  of that split). Without options a random task of the env's ``split`` is drawn.
+  of that split). Without options a random task of the env's ``split`` is drawn. Unknown option keys
+  are ignored with a warning (PettingZoo's own API test passes arbitrary options).
 * ``clone()`` returns an exact, independent copy of the current state (for GRPO groups and tree
   rollouts); tasks, spaces and other immutable parts are shared, so cloning is cheap.
 * Bad input raises ``TypeError``/``ValueError`` naming the problem before any state changes.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -350,8 +352,8 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
 
     def _select_task(self, options: Mapping[str, Any], seed: int | None) -> Task:
         unknown = set(options) - {"task_id", "split", "index"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; known: task_id, split, index")
+        if unknown:  # PettingZoo's API test passes arbitrary options, so these cannot be an error
+            warnings.warn(f"ignoring unknown reset option(s) {sorted(unknown)}; known: task_id, split, index", stacklevel=3)
         task: Task | None = None
         if "task_id" in options:
             if set(options) != {"task_id"}:
