@@ -176,8 +176,12 @@ class Policies:
         directory.mkdir(parents=True, exist_ok=True)
         if m.adapter is None:
             m.module.save_pretrained(directory)
-        else:
-            m.module.save_pretrained(directory, selected_adapters=[m.adapter])
+        else:  # PEFT writes a non-default adapter into <parent>/<adapter name>/
+            if directory.name != m.adapter:
+                raise ValueError(f"LoRA adapter directory must be named after the agent {m.adapter!r}")
+            m.module.save_pretrained(directory.parent, selected_adapters=[m.adapter])
+            if not (directory / "adapter_config.json").exists():
+                raise RuntimeError(f"PEFT did not write {directory / 'adapter_config.json'}")
         m.tokenizer.save_pretrained(directory)
 
     # ------------------------------------------------------------------ sampling

@@ -16,9 +16,8 @@ torch.set_num_threads(1)
 
 class ToyEnv:
     """A two-agent env with the llm_coop_envs API and a transparent reward, for tests that need no real
-    task: joint reward = 1 if the first agent's text has 2-6 words and the second's has 6-20, plus the
-    fraction of the max of those words counts; each agent's individual reward is its own half.
-    `max_turns=2` feeds each agent its own previous answer back."""
+    task: agent i's individual reward is 1 / (1 + |words - target_i|) (targets 4 and 12), the joint reward
+    is their mean. `max_turns=2` feeds each agent its own previous answer back."""
 
     possible_agents = ["first", "second"]
 
@@ -41,15 +40,14 @@ class ToyEnv:
 
     @staticmethod
     def individual(agent: str, text: str) -> float:
-        n = len(text.split())
-        lo, hi = (2, 6) if agent == "first" else (6, 20)
-        return 0.5 if lo <= n <= hi else 0.0
+        target = 4 if agent == "first" else 12
+        return 1.0 / (1.0 + abs(len(text.split()) - target))
 
     def step(self, actions: dict[str, str]):
         assert set(actions) == set(self.agents), "missing agent"
         self._turn += 1
         ind = {a: self.individual(a, t) for a, t in actions.items()}
-        joint = sum(ind.values()) * (1.0 if all(ind.values()) else 0.5)
+        joint = sum(ind.values()) / len(ind)
         done = self._turn >= self.max_turns
         rewards = {a: (joint if self.reward_mode == "joint" else ind[a]) for a in self.agents}
         infos = {a: {"joint_reward": joint, "individual_reward": ind[a], "breakdown": {}} for a in self.agents}

@@ -1,0 +1,234 @@
+"""Policies, rollouts, updates, determinism, kill-and-resume and the CLI, on the ~1M embedded model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ToyEnv, make_toy_env
+
+from baselines import independent, magrpo
+from baselines.embedded import EMBEDDED_DIR
+from baselines.magrpo import MAGRPOConfig
+from baselines.objectives import masked_sum
+from baselines.policies import Completions, Policies, SamplingConfig
+from baselines.training import train
+
+ALGOS = {"magrpo": magrpo, "independent": independent}
+
+
+def small_cfg(**kw) -> MAGRPOConfig:
+    base = dict(num_generations=3, max_new_tokens=12, eval_tasks=1, eval_seeds=1, eval_every=2, save_every=1)
+    return MAGRPOConfig(**{**base, **kw})
+
+
+def snapshot(policies: Policies) -> dict[str, torch.Tensor]:
+    out = {}
+    for agent, m in policies.members.items():
+        for name, p in m.module.named_parameters():
+            out[f"{id(m.module)}/{name}"] = p.detach().clone()
+    return out
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_update_changes_every_trainable_parameter_and_no_frozen_one(algo, finetune):
+    torch.manual_seed(0)
+    module = ALGOS[algo]
+    cfg = small_cfg(finetune=finetune, lr=1e-3)
+    env = ToyEnv(reward_mode=module.REWARD_MODE)
+    policies = Policies(env.possible_agents, None, finetune, lora_r=4)
+    trainable = {n for a in env.possible_agents for n, p in _named(policies, a)}
+    optimizers = {a: torch.optim.AdamW(policies.parameters(a), lr=cfg.lr) for a in env.possible_agents}
+    before = snapshot(policies)
+    # LoRA B starts at zero, so A gets its first gradient on the second update
+    for step in range(1 if finetune == "full" else 2):
+        obs, _ = env.reset(options={"task_id": f"train-{step}"})
+        stats = module.train_step(env, obs, policies, optimizers, cfg)
+        assert stats["advantage/abs_mean"] > 0
+    after = snapshot(policies)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {k.split("/", 1)[1] for k in changed} >= {n.split("/", 1)[1] for n in trainable}
+    if finetune == "full":
+        assert changed == set(before), "every full-fine-tuned tensor changes"
+    else:
+        assert all(("lora_" in k) for k in changed), "the frozen base must not change"
+        assert len(changed) == len(trainable)
+
+
+def _named(policies: Policies, agent: str):
+    ids = {id(p) for p in policies.parameters(agent)}
+    m = policies.members[agent]
+    return [(f"{id(m.module)}/{n}", p) for n, p in m.module.named_parameters() if id(p) in ids]
+
+
+def test_lora_agents_have_disjoint_adapters_on_one_base():
+    policies = Policies(["first", "second"], None, "lora", lora_r=4)
+    assert policies.members["first"].module is policies.members["second"].module
+    a = {id(p) for p in policies.parameters("first")}
+    b = {id(p) for p in policies.parameters("second")}
+    assert a and b and not a & b
+
+
+def test_sampled_tokens_are_scored_exactly_even_with_pad_id_in_prompt():
+    """Training log-probs equal the sampling distribution's log-probs (left padding, mixed adapters per
+    row, a prompt containing the pad/EOS id)."""
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    policies = Policies(["first", "second"], None, "lora", lora_r=4)
+    m = policies.members["first"]
+    with torch.no_grad():
+        for n, p in m.module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    prompts = ["Short.", "A longer prompt <|endoftext|> that contains the pad id in its middle."]
+    ids, attn = policies._encode("first", prompts)
+    assert (ids[1] == m.tokenizer.pad_token_id).sum() >= 1 and attn[1].all()
+    gen = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                           eos_token_id=m.eos_ids, pad_token_id=m.tokenizer.pad_token_id,
+                           output_scores=True, return_dict_in_generate=True)
+    out = m.module.generate(input_ids=ids, attention_mask=attn, generation_config=gen, adapter_names=["first", "second"])
+    P = ids.shape[1]
+    from baselines.objectives import completion_mask
+
+    mask = completion_mask(out.sequences[:, P:], m.eos_ids)
+    sampled = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, out.sequences[:, P:, None]).squeeze(-1)
+    for row, agent in enumerate(["first", "second"]):
+        c = Completions(out.sequences[row : row + 1], attn[row : row + 1], mask[row : row + 1], [])
+        ours = policies.token_logprobs(agent, c)[0]
+        assert torch.allclose(ours[mask[row]], sampled[row][mask[row]], atol=1e-4)
+
+
+def test_generate_one_call_for_shared_base_and_texts_stop_at_eos():
+    torch.manual_seed(1)
+    policies = Policies(["first", "second"], None, "lora", lora_r=4)
+    calls = []
+    module = policies.members["first"].module
+    original = module.generate
+    module.generate = lambda **kw: calls.append(1) or original(**kw)
+    out = policies.generate({"first": ["Hello there."] * 3, "second": ["Another prompt, longer."] * 3}, SamplingConfig(max_new_tokens=10))
+    assert len(calls) == 1
+    for c in out.values():
+        assert c.sequences.shape[0] == 3 and len(c.texts) == 3
+        assert (c.mask.sum(1) >= 1).all()
+
+
+def test_full_finetune_with_a_different_model_per_agent(tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from baselines.policies import load_tokenizer
+
+    tok = load_tokenizer(str(EMBEDDED_DIR))
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    policies = Policies(["first", "second"], [str(EMBEDDED_DIR), str(tmp_path / "tiny")], "full")
+    assert policies.members["first"].module is not policies.members["second"].module
+    out = policies.generate({"first": ["Hi."] * 2, "second": ["Hi."] * 2}, SamplingConfig(max_new_tokens=5))
+    lp = masked_sum(policies.token_logprobs("second", out["second"]), out["second"].mask)
+    assert lp.shape == (2,) and torch.isfinite(lp).all()
+
+
+def test_kl_to_reference_is_zero_at_start():
+    torch.manual_seed(0)
+    for finetune in ("lora", "full"):
+        policies = Policies(["first", "second"], None, finetune, lora_r=4, need_reference=True)
+        out = policies.generate({"first": ["Hello."] * 2}, SamplingConfig(max_new_tokens=6))["first"]
+        cur = policies.token_logprobs("first", out)
+        ref = policies.token_logprobs("first", out, reference=True)
+        assert torch.allclose(cur, ref, atol=1e-5)
+
+
+def test_multi_turn_tree_and_cross_mode_run():
+    torch.manual_seed(0)
+    env = ToyEnv(max_turns=2)
+    policies = Policies(env.possible_agents, None, "full")
+    opts = {a: torch.optim.AdamW(policies.parameters(a), lr=1e-4) for a in env.possible_agents}
+    obs, _ = env.reset(options={"task_id": "train-0"})
+    stats = magrpo.train_step(env, obs, policies, opts, small_cfg(num_generations=2, max_turns=2, early_termination=None))
+    assert stats["tree/nodes"] == 1 + 2  # aligned: 1 + G nodes for H = 2
+    env1 = ToyEnv(max_turns=1)
+    obs, _ = env1.reset(options={"task_id": "train-1"})
+    stats = magrpo.train_step(env1, obs, policies, opts, small_cfg(num_generations=2, joint_mode="cross"))
+    assert stats["tree/nodes"] == 1
+
+
+def _rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in path.read_text().splitlines()]
+
+
+def test_same_seed_gives_identical_metrics_and_resume_matches(tmp_path):
+    full = small_cfg(steps=4, output_dir=tmp_path / "a", seed=3)
+    train(full, "magrpo", progress=False, make_env=make_toy_env)
+    again = small_cfg(steps=4, output_dir=tmp_path / "b", seed=3)
+    train(again, "magrpo", progress=False, make_env=make_toy_env)
+    assert _rows(tmp_path / "a" / "metrics.jsonl") == _rows(tmp_path / "b" / "metrics.jsonl")
+    # killed after the step-2 checkpoint, in the middle of writing step 3
+    part = small_cfg(steps=2, output_dir=tmp_path / "c", seed=3)
+    train(part, "magrpo", progress=False, make_env=make_toy_env)
+    with open(tmp_path / "c" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "reward/joint_mean": 0.12')
+    resumed = small_cfg(steps=4, output_dir=tmp_path / "c", seed=3, resume=True)
+    train(resumed, "magrpo", progress=False, make_env=make_toy_env)
+    assert _rows(tmp_path / "a" / "metrics.jsonl") == _rows(tmp_path / "c" / "metrics.jsonl")
+    final_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["policies"]
+    final_c = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["policies"]
+    for agent in final_a:
+        for k in final_a[agent]:
+            assert torch.equal(final_a[agent][k], final_c[agent][k])
+    assert (tmp_path / "a" / "reward_curve.png").stat().st_size > 0
+
+
+def test_final_lora_adapters_load_with_peft(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = small_cfg(steps=1, output_dir=tmp_path / "run", finetune="lora", lora_r=4)
+    train(cfg, "independent", progress=False, make_env=make_toy_env)
+    base = AutoModelForCausalLM.from_pretrained(str(EMBEDDED_DIR))
+    model = PeftModel.from_pretrained(base, str(tmp_path / "run" / "final" / "first"))
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="num_generations"):
+        MAGRPOConfig(num_generations=0).validate()
+    with pytest.raises(ValueError, match="joint_mode"):
+        MAGRPOConfig(joint_mode="cross", max_turns=2).validate()
+
+
+def test_presets_apply():
+    cfg = magrpo.preset("paper-writing")
+    assert (cfg.lr, cfg.num_generations, cfg.max_new_tokens, cfg.finetune) == (5e-6, 4, 256, "full")
+    with pytest.raises(ValueError, match="preset"):
+        magrpo.preset("nope")
+
+
+def _registered_ids() -> list[str]:
+    from llm_coop_envs import registry_ids
+
+    return registry_ids()
+
+
+@pytest.mark.parametrize("env_id", _registered_ids())
+def test_cli_train_smoke_on_every_registered_env(env_id, tmp_path, capsys):
+    from baselines.cli import main
+
+    out = tmp_path / "run"
+    main(["train", "--env", env_id, "--algo", "magrpo", "--steps", "1", "--seed", "0", "--output-dir", str(out),
+          "--num-generations", "2", "--max-new-tokens", "8", "--eval-tasks", "1", "--eval-seeds", "1", "--no-progress"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and {"step", "reward/joint_mean", "time/step_s"} <= set(rows[0])
+    assert (out / "final").is_dir() and (out / "reward_curve.png").exists()
+
+
+def test_cli_rejects_bad_field():
+    from baselines.cli import main
+
+    with pytest.raises(SystemExit, match="num_generations"):
+        main(["train", "--num-generations", "0", "--no-progress"])
