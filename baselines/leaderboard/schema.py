@@ -151,7 +151,9 @@ def _object_errors(
     for key, item in value.items():
         where = f"{path}.{key}"
         if "propertyNames" in schema:
-            yield from (f"{where}: bad name: {e.split(': ', 1)[1]}" for e in _errors(key, schema["propertyNames"], root, where))
+            yield from (
+                f"{where}: bad name: {e.split(': ', 1)[1]}" for e in _errors(key, schema["propertyNames"], root, where)
+            )
         if key in properties:
             yield from _errors(item, properties[key], root, where)
         elif extra is False:

@@ -80,11 +80,17 @@ def interval_plot(title: str, rows: Sequence[PlotRow], references: Sequence[Plot
         y += _ROW_H
     if references:
         rule_y = y - _ROW_H // 2 + 4
-        out.append(f'<line x1="10" y1="{rule_y}" x2="{_WIDTH - 10}" y2="{rule_y}" stroke="#999" stroke-dasharray="4 3"/>')
-        out.append(f'<text x="10" y="{rule_y + 16}" {_FONT} fill="#777">published numbers, other models and data: not comparable</text>')
+        out.append(
+            f'<line x1="10" y1="{rule_y}" x2="{_WIDTH - 10}" y2="{rule_y}" stroke="#999" stroke-dasharray="4 3"/>'
+        )
+        out.append(
+            f'<text x="10" y="{rule_y + 16}" {_FONT} fill="#777">published numbers, other models and data: not comparable</text>'
+        )
         y += gap
     for row in references:
-        out.append(f'<text x="{_LABEL_W - 8}" y="{y + 4}" text-anchor="end" {_FONT} fill="#777">{escape(row.label)}</text>')
+        out.append(
+            f'<text x="{_LABEL_W - 8}" y="{y + 4}" text-anchor="end" {_FONT} fill="#777">{escape(row.label)}</text>'
+        )
         out.extend(_reference(row, y))
         y += _ROW_H
     out.append("</svg>")

@@ -1,0 +1,85 @@
+"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``example``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from baselines.leaderboard.build import BuildError, check, write
+from baselines.leaderboard.entries import write_entry
+from baselines.leaderboard.schema import EntryError, leaderboard_root, load_entry
+from baselines.leaderboard.scoring import RescoreError, rescore
+from baselines.leaderboard.transcripts import TranscriptError, read_transcript
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-coop leaderboard", description="Leaderboard entries, tables, plots.")
+    parser.add_argument("--root", type=Path, default=None, help="leaderboards directory (default: the repo's)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="regenerate tables and plots from the entries")
+    build.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything is stale/invalid")
+    rescore_cmd = commands.add_parser("rescore", help="re-score entries from their transcripts, mark 're-scored'")
+    rescore_cmd.add_argument("entries", nargs="+", type=Path)
+    example = commands.add_parser("example", help="write the scripted example entry for a writing env")
+    example.add_argument("--env", required=True)
+    example.add_argument("--split", default="test")
+    example.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    return parser
+
+
+def _build(root: Path, check_only: bool) -> int:
+    if check_only:
+        problems = check(root)
+        for problem in problems:
+            print(f"leaderboard check: {problem}", file=sys.stderr)
+        if not problems:
+            print("leaderboard check: every entry valid, every generated file up to date")
+        return 1 if problems else 0
+    try:
+        written = write(root)
+    except BuildError as error:
+        print(f"leaderboard build failed:\n{error}", file=sys.stderr)
+        return 1
+    print(f"leaderboard build: wrote {len(written)} files under {root / 'generated'}")
+    return 0
+
+
+def _rescore(root: Path, paths: list[Path]) -> int:
+    import llm_coop_envs
+
+    for path in paths:
+        try:
+            entry = load_entry(path.resolve(), root)
+            if entry.get("transcript") is None:
+                raise EntryError(f"{path}: has no transcript to re-score")
+            result = rescore(entry, read_transcript(root / entry["transcript"]["path"]))
+        except (EntryError, RescoreError, TranscriptError) as error:
+            print(f"rescore: {error}", file=sys.stderr)
+            return 1
+        if entry["verification"]["status"] == "self-reported":
+            entry["verification"]["status"] = "re-scored"
+        entry["verification"]["rescored_with"] = {
+            "package_version": llm_coop_envs.__version__,
+            "sandbox_backend": result.sandbox_backend,
+            "records": result.records,
+        }
+        write_entry(path, entry)
+        print(f"rescore: {path}: {result.records} records reproduce the stored metrics")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``llm-coop leaderboard`` / ``python -m baselines.leaderboard``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    root = (args.root or leaderboard_root()).resolve()
+    if args.command == "build":
+        return _build(root, args.check)
+    if args.command == "rescore":
+        return _rescore(root, args.entries)
+    from baselines.leaderboard.example import write_example_entry
+
+    print(write_example_entry(args.env, args.seeds, args.split, root))
+    return 0
