@@ -40,3 +40,8 @@ register(
     entry_point="llm_coop_envs.abstract_expansion:AbstractExpansionEnv",
     description="Introduction from a paper abstract (paper: arXiv); agents background + method.",
 )
+register(
+    id="coop_coding-v0",
+    entry_point="llm_coop_envs.coding:CodingEnv",
+    description="Helper writes aux, main writes the entry point (paper: HumanEval/CoopHumanEval); bundled problems.",
+)

@@ -3,8 +3,8 @@
 * :func:`extract_functions`: the top-level ``def`` blocks of a response. Markdown fence lines are removed;
   if the whole text parses, its top-level functions are taken from the syntax tree; otherwise (prose around
   the code, a broken function) each line starting a ``def`` (or its decorators) at column 0 opens a block
-  that runs over the following indented or blank lines, and is extended over later lines up to the next
-  top-level ``def``/``class`` as long as that makes it parse. Nested functions, decorators, multi-line
+  that runs over the following indented or blank lines; it is extended to the longest run of lines, up to the
+  next top-level ``def``/``class``/decorator, that parses as exactly one function. Nested functions, decorators, multi-line
   signatures and docstrings stay intact. A block that never parses is kept as its indentation block (so a
   function with a syntax error is still found and the syntax level can fail on it).
 * :func:`prompt_imports`: the import statements of a task prompt.
@@ -117,10 +117,13 @@ def _indentation_end(lines: list[str], def_line: int) -> int:
 
 
 def _first_parsing(lines: list[str], start: int, end: int, limit: int) -> tuple[FunctionBlock, int] | None:
-    """The shortest extension of ``lines[start:end]`` (within ``limit``) that parses as one function."""
+    """The longest extension of ``lines[start:end]`` (within ``limit``) that parses as ONE function.
+
+    Requiring a single function keeps trailing prose out (it fails to parse or adds a statement), while
+    column-0 lines inside the function (a docstring's continuation lines) are taken in.
+    """
     later = [k + 1 for k in range(end, limit) if lines[k].strip()][:_MAX_EXTENSIONS]
-    candidates = [end, *later]
-    for stop in candidates:
+    for stop in reversed([end, *later]):
         source = "\n".join(lines[start:stop]).rstrip()
         try:
             tree = ast.parse(source)
