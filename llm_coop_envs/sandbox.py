@@ -287,11 +287,12 @@ def _srv_describe(exc: BaseException, filename: str, limit: int) -> tuple[str, s
 
 
 def _srv_child(
-    program: str, test: str | None, cfg: dict[str, Any], lim: dict[str, Any], res_w: int, ctl_r: int, out_w: int
+    program: str, tests: list[str], cfg: dict[str, Any], lim: dict[str, Any], res_w: int, ctl_r: int, out_w: int
 ) -> None:
     """Body of the forked test process. Never returns."""
     # Everything used after model code ran is captured here first, so patching os/builtins cannot reach it.
     write, read, exit_, exec_, compile_, len_ = os.write, os.read, os._exit, exec, compile, len
+    from_bytes = int.from_bytes
     describe, assertion_error, base_exception = _srv_describe, AssertionError, BaseException
     flushers = [(type(stream).flush, stream) for stream in (sys.stdout, sys.stderr)]
 
@@ -325,7 +326,9 @@ def _srv_child(
         _srv_clear_dir(scratch)
     os.chdir(cfg["tmp"])
     cpu = max(1, int(lim["cpu_seconds"] + 0.999))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    hard_cpu = cpu * (len(tests) + 1) + 1  # soft limit is moved to (used + cpu) before each test
+    setrlimit, getrusage, rusage_self, rlimit_cpu = resource.setrlimit, resource.getrusage, 0, resource.RLIMIT_CPU
+    setrlimit(rlimit_cpu, (cpu, hard_cpu))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (lim["max_file_bytes"], lim["max_file_bytes"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (lim["max_open_files"], lim["max_open_files"]))
@@ -343,19 +346,26 @@ def _srv_child(
         exit_(0)
     flush()
     frame(b"L")
-    if test is None or read(ctl_r, 1) != b"G":  # wait until the server has collected the program's output
-        exit_(0)
-    status, etype, msg = b"p", "", ""
-    try:
-        exec_(compile_(test, "<test>", "exec"), namespace)
-    except assertion_error as exc:
-        status, (etype, msg) = b"f", describe(exc, "<test>", 300)
-    except base_exception as exc:
-        status, (etype, msg) = b"e", describe(exc, "<test>", 300)
-    flush()
-    nonce = read(ctl_r, 64)  # only now: the nonce never sits in this process while model code runs
-    frame(b"R" + nonce + status + etype.encode("utf-8", "replace") + b"\n" + msg.encode("utf-8", "replace"))
-    exit_(0)
+    while True:  # the server sends b"G" + test index (+ the nonce, read only after the test) per test
+        command = read(ctl_r, 5)
+        if len_(command) != 5 or command[:1] != b"G":
+            exit_(0)
+        index = from_bytes(command[1:], "big")
+        usage = getrusage(rusage_self)
+        try:
+            setrlimit(rlimit_cpu, (min(int(usage.ru_utime + usage.ru_stime) + cpu, hard_cpu), hard_cpu))
+        except base_exception:
+            pass
+        status, etype, msg = b"p", "", ""
+        try:
+            exec_(compile_(tests[index], "<test>", "exec"), namespace)
+        except assertion_error as exc:
+            status, (etype, msg) = b"f", describe(exc, "<test>", 300)
+        except base_exception as exc:
+            status, (etype, msg) = b"e", describe(exc, "<test>", 300)
+        flush()
+        nonce = read(ctl_r, 32)  # only now: the nonce is not in this process while the test's code runs
+        frame(b"R" + nonce + status + etype.encode("utf-8", "replace") + b"\n" + msg.encode("utf-8", "replace"))
 
 
 def _srv_reap(pid: int, cfg: dict[str, Any]) -> tuple[int, float]:
@@ -402,10 +412,8 @@ def _srv_kill_children() -> None:
                     pass
 
 
-def _srv_run_test(
-    program: str, test: str | None, timeout: float, lim: dict[str, Any], cfg: dict[str, Any]
-) -> dict[str, Any]:
-    """Fork one child for (program, test), supervise it, and return what the server observed."""
+def _srv_spawn(program: str, tests: list[str], lim: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fork a test process (it loads the program and waits for commands); return the server's view of it."""
     res_r, res_w = os.pipe()
     ctl_r, ctl_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -415,60 +423,32 @@ def _srv_run_test(
             os.close(res_r)
             os.close(ctl_w)
             os.close(out_r)
-            _srv_child(program, test, cfg, lim, res_w, ctl_r, out_w)
+            _srv_child(program, tests, cfg, lim, res_w, ctl_r, out_w)
         finally:
             os._exit(70)
     for fd in (res_w, ctl_r, out_w):
         os.close(fd)
     for fd in (res_r, out_r):
         os.set_blocking(fd, False)
-    obs: dict[str, Any] = {
-        "loaded": False,
-        "program_error": None,
-        "result": None,
-        "violation": None,
-        "timeout": False,
-        "program_output": b"",
-        "output": b"",
-        "dropped": 0,
-    }
     pidfd = os.pidfd_open(pid)
-    nonce = secrets.token_hex(16).encode()
     poller = select.poll()
     for fd in (res_r, out_r, pidfd):
         poller.register(fd, select.POLLIN)
-    buf, cap, exited = bytearray(), lim["max_output_bytes"], False
-    deadline = time.monotonic() + timeout
-    while not exited and obs["violation"] is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            obs["timeout"] = True
-            break
-        for fd, _ in poller.poll(left * 1000):
-            if fd == pidfd:
-                exited = True
-            elif fd == out_r:
-                if not _srv_drain_output(out_r, obs, cap):
-                    poller.unregister(out_r)
-            else:
-                data = _srv_read_some(res_r)
-                if not data:
-                    poller.unregister(res_r)
-                    continue
-                buf += data
-                if _srv_parse_frames(buf, obs, nonce, ctl_w, out_r, cap):
-                    deadline = time.monotonic() + timeout  # program loaded: the test's own clock starts
-    if exited:
-        buf += _srv_read_some(res_r)
-        _srv_parse_frames(buf, obs, nonce, ctl_w, out_r, cap)
-    _srv_drain_output(out_r, obs, cap)
-    wstatus, cpu = _srv_reap(pid, cfg)
-    for fd in (res_r, ctl_w, out_r, pidfd):
-        os.close(fd)
-    obs["signal"] = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
-    obs["exit_code"] = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
-    obs["cpu_exceeded"] = cpu >= max(1, int(lim["cpu_seconds"] + 0.999)) - 0.05
-    return obs
+    return {
+        "pid": pid,
+        "res": res_r,
+        "ctl": ctl_w,
+        "out": out_r,
+        "pidfd": pidfd,
+        "poller": poller,
+        "buf": bytearray(),
+        "output": b"",
+        "dropped": 0,
+        "cap": lim["max_output_bytes"],
+        "exited": False,
+        "res_open": True,
+        "out_open": True,
+    }
 
 
 def _srv_read_some(fd: int) -> bytes:
@@ -478,130 +458,159 @@ def _srv_read_some(fd: int) -> bytes:
         return b""
 
 
-def _srv_drain_output(fd: int, obs: dict[str, Any], cap: int) -> bool:
-    """Read what is available on the capture pipe, keeping at most `cap` bytes; False at EOF."""
-    while True:
+def _srv_drain_output(st: dict[str, Any]) -> None:
+    """Read what is available on the capture pipe, keeping at most `cap` bytes per test."""
+    while st["out_open"]:
         try:
-            data = os.read(fd, 1 << 16)
+            data = os.read(st["out"], 1 << 16)
         except BlockingIOError:
-            return True
+            return
         if not data:
-            return False
-        room = cap - len(obs["output"])
-        obs["output"] += data[: max(room, 0)]
-        obs["dropped"] += max(len(data) - max(room, 0), 0)
+            st["out_open"] = False
+            st["poller"].unregister(st["out"])
+            return
+        room = max(st["cap"] - len(st["output"]), 0)
+        st["output"] += data[:room]
+        st["dropped"] += len(data) - len(data[:room])
 
 
-def _srv_parse_frames(buf: bytearray, obs: dict[str, Any], nonce: bytes, ctl_w: int, out_r: int, cap: int) -> bool:
-    """Consume complete frames from `buf` following the protocol L|P then R; True when "L" arrived."""
-    loaded_now = False
-    while len(buf) >= 4 and obs["violation"] is None:
-        size = int.from_bytes(buf[:4], "big")
-        if size > 1 << 16:
-            obs["violation"] = "oversized frame on the result channel"
-            break
-        if len(buf) < 4 + size:
-            break
-        payload = bytes(buf[4 : 4 + size])
-        del buf[: 4 + size]
-        kind, body = payload[:1], payload[1:]
-        if kind == b"L" and not body and not obs["loaded"] and obs["program_error"] is None:
-            obs["loaded"], loaded_now = True, True
-            _srv_drain_output(out_r, obs, cap)
-            obs["program_output"], obs["output"], obs["dropped_program"], obs["dropped"] = (
-                obs["output"],
-                b"",
-                obs["dropped"],
-                0,
-            )
-            try:
-                os.write(ctl_w, b"G" + nonce)
-            except OSError:  # the child is already gone; its missing result speaks for itself
-                pass
-        elif kind == b"P" and not obs["loaded"] and obs["program_error"] is None:
-            obs["program_error"] = body.decode("utf-8", "replace")
-        elif (
-            kind == b"R"
-            and obs["loaded"]
-            and obs["result"] is None
-            and body[:32] == nonce
-            and body[32:33] in (b"p", b"f", b"e")
-        ):
-            etype, _, msg = body[33:].partition(b"\n")
-            obs["result"] = (body[32:33].decode(), etype.decode("utf-8", "replace"), msg.decode("utf-8", "replace"))
-        else:
-            obs["violation"] = "unexpected, forged or out-of-order frame on the result channel"
-    if len(buf) > 1 << 17:
-        obs["violation"] = "garbage on the result channel"
-    return loaded_now
+def _srv_take_output(st: dict[str, Any]) -> str:
+    _srv_drain_output(st)
+    text = st["output"].decode("utf-8", "replace")
+    if st["dropped"]:
+        text += f"\n[output truncated: {st['dropped']} bytes dropped]"
+    st["output"], st["dropped"] = b"", 0
+    return text
 
 
-def _srv_text(data: bytes, dropped: int) -> str:
-    text = data.decode("utf-8", "replace")
-    return text + (f"\n[output truncated: {dropped} bytes dropped]" if dropped else "")
+def _srv_next_frame(st: dict[str, Any], deadline: float) -> bytes | str:
+    """The next frame from the child, or "exit" / "timeout" / "violation"."""
+    while True:
+        buf = st["buf"]
+        if len(buf) >= 4:
+            size = int.from_bytes(buf[:4], "big")
+            if size > 1 << 16:
+                return "violation"
+            if len(buf) >= 4 + size:
+                payload = bytes(buf[4 : 4 + size])
+                del buf[: 4 + size]
+                return payload
+        if st["exited"]:
+            return "exit"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        for fd, _ in st["poller"].poll(left * 1000):
+            if fd == st["pidfd"]:
+                st["exited"] = True
+                while st["res_open"] and (data := _srv_read_some(st["res"])):
+                    buf += data
+            elif fd == st["out"]:
+                _srv_drain_output(st)
+            elif st["res_open"]:
+                data = _srv_read_some(st["res"])
+                if not data:
+                    st["res_open"] = False
+                    st["poller"].unregister(st["res"])
+                buf += data
 
 
-def _srv_classify(obs: dict[str, Any], timeout: float, lim: dict[str, Any]) -> tuple[str, str | None, str]:
-    """(status, error_type, message) of one test from the server's observations."""
-    sig, code = obs["signal"], obs["exit_code"]
-    if obs["timeout"]:
+def _srv_finish(st: dict[str, Any], cfg: dict[str, Any], lim: dict[str, Any]) -> tuple[int | None, bool]:
+    """Kill and reap the test process and all it left behind; (terminating signal, CPU limit hit)."""
+    wstatus, cpu = _srv_reap(st["pid"], cfg)
+    _srv_drain_output(st)
+    for fd in (st["res"], st["ctl"], st["out"], st["pidfd"]):
+        os.close(fd)
+    sig = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
+    cpu_limit = max(1, int(lim["cpu_seconds"] + 0.999))
+    return sig, sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= cpu_limit - 0.05)
+
+
+def _srv_failure(
+    event: bytes | str, st: dict[str, Any], cfg: dict[str, Any], lim: dict[str, Any], timeout: float
+) -> tuple[str, str, str]:
+    """(status, error_type, message) when a phase ended without its expected frame; reaps the process."""
+    if event == "timeout":
+        _srv_finish(st, cfg, lim)
         return "timeout", "Timeout", f"wall-clock limit of {timeout:g} s exceeded"
-    if obs["violation"] is not None:
-        return "error", "ProtocolViolation", obs["violation"]
-    if obs["result"] is not None:
-        kind, etype, msg = obs["result"]
-        status = {"p": "passed", "f": "failed", "e": "error"}[kind]
-        return status, (etype or None), msg
-    if obs["cpu_exceeded"] and sig in (signal.SIGXCPU, signal.SIGKILL):
+    if event != "exit":
+        _srv_finish(st, cfg, lim)
+        return "error", "ProtocolViolation", "unexpected, forged or out-of-order data on the result channel"
+    code = os.waitid(os.P_PID, st["pid"], os.WEXITED | os.WNOWAIT)
+    sig, cpu_hit = _srv_finish(st, cfg, lim)
+    if cpu_hit:
         return "timeout", "Timeout", f"CPU time limit of {lim['cpu_seconds']:g} s exceeded"
     if sig is not None:
         return "error", "Killed", f"process killed by {signal.Signals(sig).name} before the test finished"
-    return "error", "EarlyExit", f"process exited with status {code} before the test finished"
+    return "error", "EarlyExit", f"process exited with status {code.si_status if code else '?'} before finishing"
 
 
 def _srv_job(job: dict[str, Any], emit: Any, cfg: dict[str, Any]) -> None:
-    """Run one job, emitting a "program" event, then one "test" event per test run, then "done"."""
+    """Run one job: one process runs the program and then the tests in order; after a test kills, hangs or
+    ends that process, a fresh one (program re-run) continues with the next test. Emits a "program" event,
+    one "test" event per test run, then "done"."""
     program, tests, timeout, lim = job["program"], job["tests"], job["timeout"], job["limits"]
-    timeouts, program_done = 0, False
-    for test in tests or [None]:
-        if timeouts >= job["max_timeouts"]:
-            break
-        obs = _srv_run_test(program, test, timeout, lim, cfg)
-        if not program_done:
-            program_done = True
-            prog_out = _srv_text(
-                obs.get("program_output", b"") if obs["loaded"] else obs["output"],
-                obs.get("dropped_program", 0) if obs["loaded"] else obs["dropped"],
-            )
-            if not obs["loaded"]:
-                status, etype, msg = _srv_classify(obs, timeout, lim)
-                error = obs["program_error"] or f"{etype}: {msg}"
+    index, timeouts, program_done = 0, 0, False
+    while (index < len(tests) or not program_done) and timeouts < job["max_timeouts"]:
+        st = _srv_spawn(program, tests, lim, cfg)
+        event = _srv_next_frame(st, time.monotonic() + timeout)
+        if event != b"L":
+            if isinstance(event, bytes) and event[:1] == b"P" and not st["buf"]:
+                _srv_finish(st, cfg, lim)
+                status, etype, msg = "error", "", event[1:].decode("utf-8", "replace")
+            else:
+                status, etype, msg = _srv_failure(event, st, cfg, lim, timeout)
+                msg = f"{etype}: {msg}"
+            if not program_done:
                 emit(
                     {
                         "e": "program",
                         "status": "timeout" if status == "timeout" else "error",
-                        "error": error,
-                        "output": prog_out,
+                        "error": msg,
+                        "output": _srv_take_output(st),
                     }
                 )
                 break
-            emit({"e": "program", "status": "ok", "error": None, "output": prog_out})
-        if test is None:
-            break
-        if not obs["loaded"] and obs["program_error"] is not None:
-            status, etype, msg = "error", obs["program_error"].partition(":")[0], obs["program_error"]
-        else:
-            status, etype, msg = _srv_classify(obs, timeout, lim)
-        timeouts += status == "timeout"
-        emit(
-            {
-                "e": "test",
-                "status": status,
-                "type": etype,
-                "msg": msg[:300],
-                "output": _srv_text(obs["output"], obs["dropped"]),
-            }
-        )
+            emit({"e": "test", "status": status, "type": msg.partition(":")[0], "msg": msg[:300], "output": ""})
+            timeouts += status == "timeout"
+            index += 1
+            continue
+        if not program_done:
+            emit({"e": "program", "status": "ok", "error": None, "output": _srv_take_output(st)})
+            program_done = True
+        alive = True
+        while alive and index < len(tests) and timeouts < job["max_timeouts"]:
+            nonce = secrets.token_hex(16).encode()
+            try:
+                os.write(st["ctl"], b"G" + index.to_bytes(4, "big") + nonce)
+            except OSError:
+                pass
+            event = _srv_next_frame(st, time.monotonic() + timeout)
+            if (
+                isinstance(event, bytes)
+                and event[:1] == b"R"
+                and event[1:33] == nonce
+                and event[33:34] in b"pfe"
+                and len(event) > 33
+            ):
+                raw_type, _, text = event[34:].partition(b"\n")
+                status = {b"p": "passed", b"f": "failed", b"e": "error"}[event[33:34]]
+                result = (status, raw_type.decode("utf-8", "replace") or None, text.decode("utf-8", "replace"))
+            else:
+                result, alive = _srv_failure(event, st, cfg, lim, timeout), False
+            timeouts += result[0] == "timeout"
+            emit(
+                {
+                    "e": "test",
+                    "status": result[0],
+                    "type": result[1],
+                    "msg": result[2][:300],
+                    "output": _srv_take_output(st),
+                }
+            )
+            index += 1
+        if alive:
+            _srv_finish(st, cfg, lim)
     emit({"e": "done"})
 
 
@@ -647,12 +656,13 @@ _SERVER_FUNCS = (
     _srv_child,
     _srv_reap,
     _srv_kill_children,
-    _srv_run_test,
+    _srv_spawn,
     _srv_read_some,
     _srv_drain_output,
-    _srv_parse_frames,
-    _srv_text,
-    _srv_classify,
+    _srv_take_output,
+    _srv_next_frame,
+    _srv_finish,
+    _srv_failure,
     _srv_job,
     _srv_main,
 )

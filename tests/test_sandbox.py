@@ -303,6 +303,13 @@ def test_early_exit_never_passes(box: Sandbox) -> None:
         assert report.outcomes[0].status == "error", (stmt, report)
 
 
+def test_a_dead_test_process_does_not_sink_later_tests(box: Sandbox) -> None:
+    tests = ("os._exit(0)", "assert f() == 1", "os.kill(os.getpid(), 9)", "assert f() == 1", "assert f() == 2")
+    report = box.run(TestJob("import os\ndef f():\n    return 1\n", tests))
+    assert [o.status for o in report.outcomes] == ["error", "passed", "error", "passed", "failed"]
+    assert [o.error_type for o in report.outcomes[:3]] == ["EarlyExit", None, "Killed"]
+
+
 def test_fake_results_and_monkeypatching(box: Sandbox) -> None:
     printing = """
     import sys, json
