@@ -8,7 +8,7 @@
   signatures and docstrings stay intact. A block that never parses is kept as its indentation block (so a
   function with a syntax error is still found and the syntax level can fail on it).
 * :func:`prompt_imports`: the import statements of a task prompt.
-* :func:`extract_asserts`: the test statements of ``check(candidate)``.
+* :func:`extract_asserts`: the tests of ``check(candidate)``: its top-level asserts, with their setup lines.
 * :func:`cooperation`: how the main function uses ``aux`` (calls it, thin wrapper, ignored results).
 * :func:`locate_syntax_error`: the first syntax error of a program, with line and column.
 """
@@ -162,26 +162,32 @@ def prompt_imports(prompt: str) -> list[str]:
 
 
 def extract_asserts(test_code: str, entry_point: str) -> tuple[str, ...]:
-    """The ``assert`` statements directly in the body of ``check(candidate)`` that mention ``candidate``.
+    """One test per ``assert`` statement directly in the body of ``check(candidate)`` that mentions ``candidate``.
 
-    ``candidate`` (whatever ``check``'s parameter is called) is replaced by ``entry_point`` as a whole
-    word. Asserts nested in loops or conditions are skipped (out of their loop they could never pass).
-    Raises ``ValueError`` when the test code does not parse or defines no ``check`` with a parameter.
+    ``candidate`` (whatever ``check``'s parameter is called) is renamed to ``entry_point`` as a whole word.
+    Each test is the assert preceded by the setup statements of ``check`` above it (top-level statements
+    that neither assert nor mention ``candidate``, e.g. ``lst = list(range(9))``), so asserts that use a
+    local variable can pass. Asserts nested in loops or conditions are skipped (out of their loop they
+    could never pass). Raises ``ValueError`` when ``check`` is missing and ``SyntaxError`` when the test code
+    does not parse.
     """
     tree = ast.parse(test_code)
     check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
     if check is None or not check.args.args:
         raise ValueError("the test code defines no function check(candidate)")
     parameter = check.args.args[0].arg
-    asserts = []
+    lines = test_code.splitlines()
+    setup: list[str] = []
+    tests = []
     for statement in check.body:
-        if not isinstance(statement, ast.Assert):
-            continue
-        if not any(isinstance(n, ast.Name) and n.id == parameter for n in ast.walk(statement)):
-            continue
-        source = ast.get_source_segment(test_code, statement) or ""
-        asserts.append(re.sub(rf"\b{re.escape(parameter)}\b", entry_point, source))
-    return tuple(asserts)
+        mentions = any(isinstance(n, ast.Name) and n.id == parameter for n in ast.walk(statement))
+        if isinstance(statement, ast.Assert) and mentions:
+            source = ast.get_source_segment(test_code, statement) or ""
+            tests.append("\n".join([*setup, re.sub(rf"\b{re.escape(parameter)}\b", entry_point, source)]))
+        elif not mentions and not any(isinstance(n, ast.Assert) for n in ast.walk(statement)):
+            end = statement.end_lineno or statement.lineno
+            setup.append(textwrap.dedent("\n".join(lines[statement.lineno - 1 : end])))
+    return tuple(tests)
 
 
 @dataclass(frozen=True)

