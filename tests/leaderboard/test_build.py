@@ -1,0 +1,85 @@
+"""``build`` and ``build --check``: byte-identical output, stale and invalid files named, groups never mixed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from baselines.leaderboard import build_outputs, check, group_entries, load_entry, main, write
+from baselines.leaderboard.example import write_example_entry
+from llm_coop_envs import make
+
+WRITING_ENTRY = "scripted-lead--coop_writing-v0--test"
+
+
+def test_build_is_byte_identical_and_check_passes(board: Path) -> None:
+    first = build_outputs(board)
+    assert first == build_outputs(board)
+    assert any(name.endswith(".svg") for name in first) and "generated/index.md" in first
+    write(board)
+    assert check(board) == []
+    assert main(["--root", str(board), "build", "--check"]) == 0
+
+
+def test_committed_leaderboard_is_up_to_date() -> None:
+    assert main(["build", "--check"]) == 0
+
+
+def test_check_names_a_stale_table(board: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(board)
+    table = next((board / "generated").glob("coop_writing-v0--*.md"))
+    table.write_text(table.read_text().replace("re-scored", "reproduced"))
+    (board / "generated" / "leftover.md").write_text("old\n")
+    problems = check(board)
+    assert problems == [
+        f"generated/{table.name}: stale (run `python -m baselines.leaderboard build`)",
+        "generated/leftover.md: not produced by any entry (delete it or rebuild)",
+    ]
+    assert main(["--root", str(board), "build", "--check"]) == 1
+    assert table.name in capsys.readouterr().err
+    write(board)
+    assert not (board / "generated" / "leftover.md").exists() and check(board) == []
+
+
+def test_check_names_an_invalid_entry(board: Path) -> None:
+    write(board)
+    path = board / "entries" / f"{WRITING_ENTRY}.json"
+    entry = json.loads(path.read_text())
+    entry["method"]["family"] = "magic"
+    path.write_text(json.dumps(entry))
+    problems = check(board)
+    assert len(problems) == 1 and problems[0].startswith(f"entries/{WRITING_ENTRY}.json: $.method.family")
+    assert main(["--root", str(board), "build"]) == 1
+
+
+def test_reference_rows_are_separate_and_never_ranked(board: Path) -> None:
+    page = next(
+        text.decode() for name, text in build_outputs(board).items() if name.endswith(".md") and "writing" in name
+    )
+    ranked, _, references = page.partition("## Published reference numbers (not comparable)")
+    assert "Extractive lead" in ranked and "(paper)" not in ranked
+    assert "MAGRPO (paper)" in references and "94.5" in references
+    coding = build_outputs(board)["generated/coop_coding-v0--reference.md"].decode()
+    assert "86.7" in coding and "88.5" in coding and "53.9" in coding
+
+
+def test_grouping_never_mixes_spec_hashes(board: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / "entries").mkdir(parents=True)
+    path = write_example_entry("coop_writing-v0", [0], "test", other)
+    entry = json.loads(path.read_text())
+    env = make("coop_writing-v0", max_turns=2)  # same id and data, different spec
+    entry["env"] = {"id": env.spec.id, "spec_hash": env.spec.spec_hash(), "spec": env.spec.to_dict()}
+    entry["entry_id"] = "scripted-lead-two-turns"
+    entry["transcript"] = None
+    (board / "entries" / "scripted-lead-two-turns.json").write_text(json.dumps(entry))
+    entries = [load_entry(p, board) for p in sorted((board / "entries").glob("*.json"))]
+    groups = group_entries(entries)
+    assert len(groups) == 2
+    for key, members in groups.items():
+        assert {m["env"]["spec_hash"] for m in members} == {key.spec_hash}
+        assert {m["dataset"]["hash"] for m in members} == {key.dataset_hash}
+    pages = [name for name in build_outputs(board) if name.startswith("generated/coop_writing-v0--")]
+    assert len(pages) == 4  # two groups, a table and a plot each
