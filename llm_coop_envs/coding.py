@@ -64,6 +64,10 @@ whether main calls aux and uses its result, a thin-wrapper warning, then a reque
 model; ``history`` is the tuple of :class:`~llm_coop_envs.core.Turn` so far). A callable cannot be stored
 in a registry spec: build that env directly, ``CodingEnv(feedback=fn)``.
 
+**Batch scoring**: ``env.score_many([(task, actions), ...])`` returns the :class:`~llm_coop_envs.core.Score`
+of many joint actions (a GRPO group, an eval split) from ONE concurrent sandbox batch; ``step`` scores one.
+The sandbox caches reports by content hash, so identical programs run once.
+
 **Data and ids**: one id, ``coop_coding-v0``, defaults to the bundled original problems (64: 48 train, 16
 test). Other data is chosen with ``dataset=``; the dataset is part of ``env.spec`` (and its hash), so results
 on different data never share a spec: leaderboard entries record the full spec, not only the id.

@@ -268,6 +268,27 @@ def test_share_aux_hint_and_prompts() -> None:
     )
 
 
+def test_clone_branches_are_independent(problem_file) -> None:
+    env = CodingEnv(problem_file, max_turns=2)
+    env.reset(seed=0)
+    twin = env.clone()
+    _, good, *_ = env.step({"helper": AUX2, "main": MAIN_FOLD})
+    _, bad, _, _, infos = twin.step({"helper": AUX2, "main": "def add_all(xs):\n    return 0"})
+    assert good["main"] == 4.0 and bad["main"] == pytest.approx(1.75) and env.agents == []
+    assert twin.agents == ["helper", "main"] and "return 0" in infos["main"]["messages"][2]["content"]
+
+
+def test_docstring_example_runs(capsys) -> None:
+    import textwrap
+
+    import llm_coop_envs.coding as module
+
+    doc = module.__doc__ or ""
+    example = doc[doc.index("**Example**::") + len("**Example**::") : doc.index("**Version history**")]
+    exec(textwrap.dedent(example), {})  # trusted example code of our own docs
+    assert capsys.readouterr().out.strip() == "4.0 True"
+
+
 # ---------------------------------------------------------------- hostile programs
 def test_env_survives_hostile_programs(problem_file) -> None:
     env = CodingEnv(problem_file, test_timeout_s=0.5)
