@@ -374,7 +374,11 @@ def _srv_reap(pid: int, cfg: dict[str, Any]) -> tuple[int, float]:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
-    status, cpu = 0, 0.0
+    try:  # SIGKILLed: this returns promptly, and usually leaves nothing else to reap
+        _, status, usage = os.wait4(pid, 0)
+        cpu = usage.ru_utime + usage.ru_stime
+    except ChildProcessError:
+        status, cpu = 0, 0.0
     while True:
         if cfg["kill_all"]:
             try:
