@@ -8,8 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from baselines.leaderboard import RescoreError, check, load_entry, main, read_transcript, rescore, write_transcript
+from baselines.leaderboard import (
+    RescoreError,
+    Transcript,
+    TranscriptRecord,
+    TurnRecord,
+    check,
+    collect_provenance,
+    dataset_fingerprint,
+    load_entry,
+    main,
+    make_entry,
+    read_transcript,
+    rescore,
+    write_transcript,
+)
 from baselines.leaderboard.schema import file_sha256
+from llm_coop_envs import make, registry_ids
 
 WRITING_ENTRY = "scripted-lead--coop_writing-v0--test"
 
@@ -75,3 +90,32 @@ def test_inflated_metrics_are_flagged(board: Path) -> None:
     entry_path.write_text(json.dumps(entry))
     with pytest.raises(RescoreError, match=r"\$\.metrics\.per_seed\.0\.return"):
         rescore(load_entry(entry_path, board), read_transcript(transcript_path))
+
+
+@pytest.mark.skipif("coop_coding-v0" not in registry_ids(), reason="the coding env is not registered yet")
+def test_coding_entry_is_rescored_in_the_sandbox(tmp_path: Path) -> None:
+    env = make("coop_coding-v0")
+    tasks = [env.tasks.get(task_id) for task_id in env.task_ids("test")[:2]]
+    records = []
+    for seed in (0, 1):
+        for task in tasks:
+            for sample, code in enumerate([task.fields["reference_main"], "def nothing():\n    return 1\n"]):
+                actions = {"helper": task.fields["reference_aux"], "main": code}
+                score = env.score(task, actions)
+                turn = TurnRecord(actions, score.joint, dict(score.individual), dict(score.breakdown))
+                records.append(TranscriptRecord(seed, task.task_id, sample, (turn,)))
+    transcript = Transcript(env.spec.id, env.spec.spec_hash(), "test", tuple(env.possible_agents), tuple(records))
+    path = tmp_path / "transcripts" / "coding.jsonl.gz"
+    write_transcript(path, transcript)
+    dataset = dataset_fingerprint(env, "test", "bundled", None)
+    dataset["n_tasks"] = 2  # this test evaluates a subset
+    entry = make_entry(
+        entry_id="coding-example", env=env, transcript=transcript, transcript_path=path, leaderboard_dir=tmp_path,
+        dataset=dataset, method={"name": "reference code", "family": "scripted", "description": "bundled solutions"},
+        models=[{"agent": a, "model": "scripted:reference"} for a in env.possible_agents],
+        decoding={"samples_per_task": 2}, provenance=collect_provenance("pytest", env.sandbox.backend), pass_ks=(1, 2),
+    )  # fmt: skip
+    assert entry["metrics"]["per_seed"]["0"]["pass@1"] == pytest.approx(0.5)
+    assert entry["metrics"]["per_seed"]["0"]["pass@2"] == pytest.approx(1.0)
+    result = rescore(entry, read_transcript(path))
+    assert result.records == 8 and result.sandbox_backend in ("bwrap", "subprocess")
