@@ -47,6 +47,8 @@ class Completions:
     prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
     mask: torch.Tensor  # (B, T) True on generated tokens up to and including the first EOS
     texts: list[str]
+    sample_logprobs: torch.Tensor | None = None  # (B, T) log-prob of each token when it was sampled
+    shared_prompt: bool = False  # every row answers the same prompt (scored with one prompt forward)
 
     @property
     def prompt_width(self) -> int:
@@ -197,45 +199,34 @@ class Policies:
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)  # (B, P)
 
     @torch.no_grad()
-    def generate(self, prompts: dict[str, list[str]], sampling: SamplingConfig) -> dict[str, Completions]:
-        """Sample one response per prompt row for each agent. Agents sharing one LoRA base are served by
-        one batched call (a different adapter per row); other agents by one call each."""
+    def generate(self, prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int = 1) -> dict[str, Completions]:
+        """Sample `repeats` responses to each prompt of each agent (rows prompt-major: p0 x repeats, p1 x
+        repeats, ...). Agents sharing one LoRA base are served by one batched decoding loop (a different
+        adapter per row); other agents by one loop each. Each distinct prompt is prefilled once and its KV
+        cache repeated, so G samples cost one prompt forward."""
         groups: dict[int, list[str]] = {}
         for agent in prompts:
             groups.setdefault(id(self.members[agent].module), []).append(agent)
         out: dict[str, Completions] = {}
         for agents in groups.values():
-            out.update(self._generate_group(agents, prompts, sampling))
+            out.update(self._generate_group(agents, prompts, sampling, repeats))
         return out
 
-    def _generate_group(self, agents: list[str], prompts: dict[str, list[str]], sampling: SamplingConfig):
-        from transformers import GenerationConfig
-
+    def _generate_group(self, agents: list[str], prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int):
         first = self.members[agents[0]]
         rows = [(a, p) for a in agents for p in prompts[a]]
-        ids, attn = self._encode(agents[0], [p for _, p in rows])  # same tokenizer within a group
-        greedy = sampling.temperature == 0
-        gen_cfg = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_k=None if greedy else sampling.top_k,  # explicit 0: None would mean the default of 50
-            top_p=None if greedy else sampling.top_p,
-            eos_token_id=first.eos_ids,
-            pad_token_id=first.tokenizer.pad_token_id,
-            use_cache=True,
-        )
-        kwargs = {}
-        if first.adapter is not None:
-            kwargs["adapter_names"] = [self.members[a].adapter for a, _ in rows]
-        seqs = first.module.generate(input_ids=ids, attention_mask=attn, generation_config=gen_cfg, **kwargs)  # (R, P+T)
-        mask = completion_mask(seqs[:, ids.shape[1] :], first.eos_ids)  # (R, T)
+        ids, attn = self._encode(agents[0], [p for _, p in rows])  # (R, P), same tokenizer within a group
+        names = [self.members[a].adapter for a, _ in rows] if first.adapter is not None else None
+        seqs, sample_lp = sample(first.module, ids, attn, repeats, sampling, first.eos_ids, first.tokenizer.pad_token_id, names)
+        attn = attn.repeat_interleave(repeats, dim=0)  # (R*G, P)
+        mask = completion_mask(seqs[:, ids.shape[1] :], first.eos_ids)  # (R*G, T)
         result, start = {}, 0
         for agent in agents:
-            n = len(prompts[agent])
-            sl = slice(start, start + n)
-            result[agent] = Completions(seqs[sl], attn[sl], mask[sl], self._decode(agent, seqs[sl, ids.shape[1] :], mask[sl]))
-            start += n
+            sl = slice(start, start + len(prompts[agent]) * repeats)
+            completion = seqs[sl, ids.shape[1] :]
+            texts = self._decode(agent, completion, mask[sl])
+            result[agent] = Completions(seqs[sl], attn[sl], mask[sl], texts, sample_lp[sl], len(prompts[agent]) == 1)
+            start = sl.stop
         return result
 
     def _decode(self, agent: str, completion: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -247,21 +238,90 @@ class Policies:
         """log pi(token) of each completion token under the agent's policy (with grad), or under its
         reference policy (no grad): the base with adapters disabled (LoRA) or the initial copy (full)."""
         m = self.members[agent]
-        attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P + T)
-        positions = (attn.cumsum(dim=1) - 1).clamp(min=0)  # (B, P + T), as during generation
-        T = c.sequences.shape[1] - c.prompt_width
-        kwargs = dict(input_ids=c.sequences, attention_mask=attn, position_ids=positions, logits_to_keep=T + 1)
         if not reference:
             if m.adapter is not None:
                 m.module.set_adapter(m.adapter)
-            logits = m.module(**kwargs).logits  # (B, T+1, V)
-            return completion_token_logprobs(logits, c.sequences, c.prompt_width)
+            return score(m.module, c)
         with torch.no_grad():
             if m.adapter is not None:
                 with m.module.disable_adapter():
-                    logits = m.module(**kwargs).logits
-            elif m.reference is not None:
-                logits = m.reference(**kwargs).logits
-            else:
+                    return score(m.module, c)
+            if m.reference is None:
                 raise RuntimeError("no reference policy: construct Policies with need_reference=True")
-            return completion_token_logprobs(logits, c.sequences, c.prompt_width)
+            return score(m.reference, c)
+
+
+def _positions(attn: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L), as generation numbers positions
+    return (attn.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _pick(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:  # (B, V) -> (B,), (B,)
+    """Sample (or argmax) the next token; also return its log-prob under the sampling distribution."""
+    if sampling.temperature == 0:
+        tok = logits.argmax(dim=-1)
+        return tok, torch.log_softmax(logits.float(), -1).gather(-1, tok[:, None]).squeeze(-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop_sorted = cum - torch.softmax(sorted_logits, -1) >= sampling.top_p  # keeps the top token always
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    logp = torch.log_softmax(logits, -1)  # (B, V)
+    tok = torch.multinomial(logp.exp(), 1).squeeze(-1)  # (B,)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def sample(module, ids, attn, repeats: int, sampling: SamplingConfig, eos_ids: list[int], pad_id: int, adapter_names=None):
+    """KV-cached sampling: prefill the R distinct prompts once, repeat the cache `repeats` times, decode
+    until every row has emitted an EOS or the budget is spent; rows are padded with `pad_id` after their
+    EOS. Returns sequences (R*G, P+T) and the sampling log-prob of every generated token (R*G, T)."""
+    kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    out = module(input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1, **kw)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(repeats)
+    logits = out.logits[:, -1].repeat_interleave(repeats, dim=0)  # (B, V)
+    attn = attn.repeat_interleave(repeats, dim=0)  # (B, P)
+    pos = _positions(attn)[:, -1:] + 1  # (B, 1)
+    if adapter_names is not None:
+        kw = {"adapter_names": [n for n in adapter_names for _ in range(repeats)]}
+    eos = torch.tensor(eos_ids, device=ids.device)
+    finished = torch.zeros(attn.shape[0], dtype=torch.bool, device=ids.device)
+    tokens, logps = [], []
+    for t in range(sampling.max_new_tokens):
+        tok, lp = _pick(logits, sampling)
+        tok = torch.where(finished, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(torch.where(finished, torch.zeros_like(lp), lp))
+        finished |= torch.isin(tok, eos)
+        if bool(finished.all()) or t == sampling.max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        out = module(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kw)
+        pos = pos + 1
+        logits = out.logits[:, -1]
+    seqs = torch.cat([ids.repeat_interleave(repeats, dim=0), torch.stack(tokens, dim=1)], dim=1)  # (B, P+T)
+    return seqs, torch.stack(logps, dim=1)
+
+
+def score(module, c: Completions) -> torch.Tensor:  # (B, T)
+    """Token log-probs of the completions under `module`. When every row answers the same prompt, the
+    prompt is run once and its KV cache shared by the rows (same result as the full forward)."""
+    P, T = c.prompt_width, c.sequences.shape[1] - c.prompt_width
+    if c.shared_prompt and bool(c.prompt_mask.all()):
+        B = c.sequences.shape[0]
+        out = module(input_ids=c.sequences[:1, :P], use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(B)
+        attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
+        pos = torch.arange(P, P + T, device=attn.device).expand(B, T)
+        rest = module(input_ids=c.sequences[:, P:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=False)
+        logits = torch.cat([out.logits[:, -1:].expand(B, 1, -1), rest.logits[:, :-1]], dim=1)  # (B, T, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return logp.gather(-1, c.sequences[:, P:, None]).squeeze(-1)
+    attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
+    logits = module(input_ids=c.sequences, attention_mask=attn, position_ids=_positions(attn), logits_to_keep=T + 1).logits
+    return completion_token_logprobs(logits, c.sequences, P)

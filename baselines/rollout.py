@@ -51,7 +51,7 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
     """Expand one node from `env` (whose current observations are `obs`) and, recursively, its children."""
     agents = list(env.agents)
     G = rs.num_generations
-    completions = policies.generate({a: [obs[a]["prompt"]] * G for a in agents}, rs.sampling)
+    completions = policies.generate({a: [obs[a]["prompt"]] for a in agents}, rs.sampling, repeats=G)
     actions = joint_actions(len(agents), G, rs.joint_mode)  # type: ignore[arg-type]
     rewards, joint, branches = [], [], []
     for action in actions:

@@ -72,11 +72,10 @@ def test_lora_agents_have_disjoint_adapters_on_one_base():
     assert a and b and not a & b
 
 
-def test_sampled_tokens_are_scored_exactly_even_with_pad_id_in_prompt():
-    """Training log-probs equal the sampling distribution's log-probs (left padding, mixed adapters per
-    row, a prompt containing the pad/EOS id)."""
-    from transformers import GenerationConfig
-
+@pytest.mark.parametrize("shared", [True, False])
+def test_sampled_tokens_are_scored_exactly_even_with_pad_id_in_prompt(shared):
+    """Training log-probs equal the sampling distribution's log-probs: left padding, a different adapter
+    per row, a prompt containing the pad/EOS id, and the shared-prompt fast path."""
     torch.manual_seed(0)
     policies = Policies(["first", "second"], None, "lora", lora_r=4)
     m = policies.members["first"]
@@ -84,36 +83,50 @@ def test_sampled_tokens_are_scored_exactly_even_with_pad_id_in_prompt():
         for n, p in m.module.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    prompts = ["Short.", "A longer prompt <|endoftext|> that contains the pad id in its middle."]
-    ids, attn = policies._encode("first", prompts)
-    assert (ids[1] == m.tokenizer.pad_token_id).sum() >= 1 and attn[1].all()
-    gen = GenerationConfig(max_new_tokens=12, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                           eos_token_id=m.eos_ids, pad_token_id=m.tokenizer.pad_token_id,
-                           output_scores=True, return_dict_in_generate=True)
-    out = m.module.generate(input_ids=ids, attention_mask=attn, generation_config=gen, adapter_names=["first", "second"])
-    P = ids.shape[1]
-    from baselines.objectives import completion_mask
-
-    mask = completion_mask(out.sequences[:, P:], m.eos_ids)
-    sampled = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, out.sequences[:, P:, None]).squeeze(-1)
-    for row, agent in enumerate(["first", "second"]):
-        c = Completions(out.sequences[row : row + 1], attn[row : row + 1], mask[row : row + 1], [])
-        ours = policies.token_logprobs(agent, c)[0]
-        assert torch.allclose(ours[mask[row]], sampled[row][mask[row]], atol=1e-4)
+    first = ["A longer prompt <|endoftext|> that contains the pad id in its middle."]
+    prompts = {"first": first if shared else first + ["Short."], "second": ["Short."]}
+    out = policies.generate(prompts, SamplingConfig(max_new_tokens=12), repeats=3)
+    ids = out["first"].sequences[0, : out["first"].prompt_width]
+    assert (ids == m.tokenizer.pad_token_id).sum() >= 1 and out["first"].prompt_mask[0].all()
+    assert out["first"].shared_prompt is shared
+    for agent, c in out.items():
+        ours = policies.token_logprobs(agent, c)  # (B, T)
+        assert torch.allclose(ours[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
+        if shared:  # the fast path equals the plain full forward
+            plain = Completions(c.sequences, c.prompt_mask, c.mask, c.texts, None, False)
+            assert torch.allclose(policies.token_logprobs(agent, plain)[c.mask], ours[c.mask], atol=1e-4)
 
 
-def test_generate_one_call_for_shared_base_and_texts_stop_at_eos():
+def test_generate_one_call_for_shared_base_and_texts_stop_at_eos(monkeypatch):
+    import baselines.policies as pol_mod
+
     torch.manual_seed(1)
     policies = Policies(["first", "second"], None, "lora", lora_r=4)
     calls = []
-    module = policies.members["first"].module
-    original = module.generate
-    module.generate = lambda **kw: calls.append(1) or original(**kw)
-    out = policies.generate({"first": ["Hello there."] * 3, "second": ["Another prompt, longer."] * 3}, SamplingConfig(max_new_tokens=10))
+    original = pol_mod.sample
+    monkeypatch.setattr(pol_mod, "sample", lambda *a, **k: calls.append(1) or original(*a, **k))
+    out = policies.generate({"first": ["Hello there."], "second": ["Another prompt, longer."]}, SamplingConfig(max_new_tokens=10), repeats=3)
     assert len(calls) == 1
     for c in out.values():
         assert c.sequences.shape[0] == 3 and len(c.texts) == 3
         assert (c.mask.sum(1) >= 1).all()
+        T = c.mask.shape[1]
+        pad = policies.members["first"].tokenizer.pad_token_id
+        assert bool((c.sequences[:, -T:][~c.mask] == pad).all()), "rows are padded after their EOS"
+
+
+def test_top_k_and_top_p_filters():
+    from baselines.policies import _pick
+
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    tok, _ = _pick(logits, SamplingConfig(top_k=2))
+    assert set(tok.tolist()) == {0, 1}
+    tok, lp = _pick(logits, SamplingConfig(top_p=0.7))  # keeps 0.5 and 0.3 (0.5 < 0.7)
+    assert set(tok.tolist()) == {0, 1}
+    assert torch.allclose(lp[tok == 0][:1], torch.log(torch.tensor([0.5 / 0.8])))
+    tok, _ = _pick(logits[:1], SamplingConfig(temperature=0))
+    assert tok.tolist() == [0]
 
 
 def test_full_finetune_with_a_different_model_per_agent(tmp_path):
@@ -129,7 +142,7 @@ def test_full_finetune_with_a_different_model_per_agent(tmp_path):
     tok.save_pretrained(tmp_path / "tiny")
     policies = Policies(["first", "second"], [str(EMBEDDED_DIR), str(tmp_path / "tiny")], "full")
     assert policies.members["first"].module is not policies.members["second"].module
-    out = policies.generate({"first": ["Hi."] * 2, "second": ["Hi."] * 2}, SamplingConfig(max_new_tokens=5))
+    out = policies.generate({"first": ["Hi."], "second": ["Hi."]}, SamplingConfig(max_new_tokens=5), repeats=2)
     lp = masked_sum(policies.token_logprobs("second", out["second"]), out["second"].mask)
     assert lp.shape == (2,) and torch.isfinite(lp).all()
 
@@ -138,7 +151,7 @@ def test_kl_to_reference_is_zero_at_start():
     torch.manual_seed(0)
     for finetune in ("lora", "full"):
         policies = Policies(["first", "second"], None, finetune, lora_r=4, need_reference=True)
-        out = policies.generate({"first": ["Hello."] * 2}, SamplingConfig(max_new_tokens=6))["first"]
+        out = policies.generate({"first": ["Hello."]}, SamplingConfig(max_new_tokens=6), repeats=2)["first"]
         cur = policies.token_logprobs("first", out)
         ref = policies.token_logprobs("first", out, reference=True)
         assert torch.allclose(cur, ref, atol=1e-5)
