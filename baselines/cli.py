@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 USAGE = __doc__
@@ -29,7 +29,7 @@ def train_main(argv: list[str]) -> dict:
     import tyro
 
     from baselines.independent import IndependentConfig
-    from baselines.magrpo import MAGRPOConfig, PRESETS, preset
+    from baselines.magrpo import PRESETS, MAGRPOConfig, preset
     from baselines.training import ALGORITHMS, train
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -39,7 +39,9 @@ def train_main(argv: list[str]) -> dict:
     known, rest = pre.parse_known_args(argv)
     config_cls = IndependentConfig if known.algo == "independent" else MAGRPOConfig
     cfg = tyro.cli(
-        config_cls, args=rest, default=preset(known.preset, config_cls),
+        config_cls,
+        args=rest,
+        default=preset(known.preset, config_cls),
         description=f"Train {known.algo} (also: --algo {{{','.join(sorted(ALGORITHMS))}}}, --preset {{{','.join(sorted(PRESETS))}}}, --no-progress)",
     )
     try:
@@ -68,9 +70,26 @@ class DemoArgs:
 
 
 def _launch(algo: str, steps: int, seed: int, out: Path, env: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "baselines.cli", "train", "--algo", algo, "--preset", "embedded-demo", "--env", env,
-           "--steps", str(steps), "--seed", str(seed), "--output-dir", str(out), "--no-progress"]
-    log = open(out.with_suffix(".log"), "w")
+    cmd = [
+        sys.executable,
+        "-m",
+        "baselines.cli",
+        "train",
+        "--algo",
+        algo,
+        "--preset",
+        "embedded-demo",
+        "--env",
+        env,
+        "--steps",
+        str(steps),
+        "--seed",
+        str(seed),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
+    log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 (stays open for the child process)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -95,7 +114,9 @@ def demo_main(argv: list[str]) -> None:
     args = tyro.cli(DemoArgs, args=argv)
     t0 = time.time()
     runs = {algo: args.output_dir / algo for algo in ("magrpo", "independent")}
-    print(f"training MAGRPO and independent GRPO on {args.env}, embedded model, {args.steps} steps each ...", flush=True)
+    print(
+        f"training MAGRPO and independent GRPO on {args.env}, embedded model, {args.steps} steps each ...", flush=True
+    )
     _run_all([(a, args.seed, p) for a, p in runs.items()], args.steps, args.env, 2 if args.parallel else 1)
     summaries = {a: json.loads((p / "summary.json").read_text()) for a, p in runs.items()}
     print(f"\nheld-out joint return on {args.env} (max 3.0), seed {args.seed}, {time.time() - t0:.0f} s")
@@ -105,8 +126,10 @@ def demo_main(argv: list[str]) -> None:
     plot = _plot_demo(runs, args.output_dir / "demo_reward_curves.png")
     for algo, s in summaries.items():
         print(f"\n{algo} sample after training: {json.dumps(s['example_after'])[:400]}")
-    print(f"\nplot: {plot}\n(at this scale the agents learn the reward's structure — lengths, stopping, unique words, "
-          "a transition word — not good summaries)")
+    print(
+        f"\nplot: {plot}\n(at this scale the agents learn the reward's structure — lengths, stopping, unique words, "
+        "a transition word — not good summaries)"
+    )
 
 
 @dataclass

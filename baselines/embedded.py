@@ -43,6 +43,8 @@ class BuildConfig:
     """Seed for weight init and batch order."""
     corpus_chars: int = 1_200_000
     """Characters of docstring text to collect."""
+    env_text: str = "coop_writing-v0"
+    """Also use the paragraphs of this env's TRAIN-split prompts (never the test split); '' = none."""
     vocab_size: int = 2000
     """BPE vocabulary size, special token included."""
     hidden_size: int = 128
@@ -55,11 +57,11 @@ class BuildConfig:
     """Key/value heads (grouped-query attention)."""
     intermediate_size: int = 384
     """MLP width."""
-    seq_len: int = 128
-    """Tokens per training sequence."""
-    batch_size: int = 16
+    seq_len: int = 768
+    """Tokens per training sequence (the writing prompts are 290-600 tokens, plus the response)."""
+    batch_size: int = 3
     """Sequences per pretraining step."""
-    steps: int = 600
+    steps: int = 900
     """Pretraining steps."""
     lr: float = 3e-3
     """Peak learning rate (linear warmup over 5% of steps, cosine decay to 10%)."""
@@ -102,6 +104,23 @@ def collect_corpus(max_chars: int) -> list[str]:
                     total += len(text) + 1
                     if total >= max_chars:
                         return paragraphs
+    return paragraphs
+
+
+def collect_env_paragraphs(env_id: str) -> list[str]:
+    """Prose paragraphs of the prompts of an env's train split (instructions and posts; the test split is
+    never read)."""
+    from llm_coop_envs import make
+
+    env = make(env_id)
+    paragraphs: list[str] = []
+    for task_id in env.task_ids("train"):
+        obs, _ = env.reset(seed=0, options={"task_id": task_id})
+        for agent in env.possible_agents:
+            for block in re.split(r"\n\s*\n", obs[agent]["prompt"]):
+                text = " ".join(block.split())
+                if len(text.split()) >= 8 and text not in paragraphs:
+                    paragraphs.append(text)
     return paragraphs
 
 
@@ -156,6 +175,8 @@ def pretrain(cfg: BuildConfig, out_dir: Path = EMBEDDED_DIR, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     paragraphs = collect_corpus(cfg.corpus_chars)
+    env_paragraphs = collect_env_paragraphs(cfg.env_text) if cfg.env_text else []
+    paragraphs = paragraphs + env_paragraphs * 3  # the env text is small: seen three times as often
     tokenizer = build_tokenizer(paragraphs, cfg.vocab_size)
     eos_id = tokenizer.eos_token_id
     ids: list[int] = []
@@ -201,7 +222,7 @@ def pretrain(cfg: BuildConfig, out_dir: Path = EMBEDDED_DIR, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            log(f"step {step:4d}  loss {float(loss):.3f}  {time.time() - t0:.0f}s")
+            log(f"step {step:4d}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
     info = {
         "build_command": "python -m baselines.embedded build",
         "config": asdict(cfg),
@@ -209,6 +230,7 @@ def pretrain(cfg: BuildConfig, out_dir: Path = EMBEDDED_DIR, log=print) -> dict:
         "val_loss_before": round(first_val, 4),
         "val_loss_after": round(val_loss(), 4),
         "train_tokens": int(train.numel()),
+        "env_paragraphs": len(env_paragraphs),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "build_seconds": round(time.time() - t0, 1),

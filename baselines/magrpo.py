@@ -121,8 +121,16 @@ class MAGRPOConfig:
             ("eval_every", self.eval_every >= 0, "must be >= 0"),
             ("eval_seeds", self.eval_seeds >= 1, "must be >= 1"),
             ("save_every", self.save_every >= 1, "must be >= 1"),
-            ("advantage_mode", self.advantage_mode != "rloo" or self.num_generations >= 2, "rloo needs num_generations >= 2"),
-            ("joint_mode", self.joint_mode == "aligned" or self.max_turns == 1, "cross is single-turn only (G**n children per node)"),
+            (
+                "advantage_mode",
+                self.advantage_mode != "rloo" or self.num_generations >= 2,
+                "rloo needs num_generations >= 2",
+            ),
+            (
+                "joint_mode",
+                self.joint_mode == "aligned" or self.max_turns == 1,
+                "cross is single-turn only (G**n children per node)",
+            ),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -132,27 +140,49 @@ class MAGRPOConfig:
         return SamplingConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
 
     def rollout_settings(self) -> RolloutSettings:
-        return RolloutSettings(self.num_generations, self.joint_mode, self.max_turns, self.early_termination, self.sampling())
+        return RolloutSettings(
+            self.num_generations, self.joint_mode, self.max_turns, self.early_termination, self.sampling()
+        )
 
 
 PRESETS: dict[str, dict] = {
     "embedded-demo": dict(  # LEARNING_ON_CPU.md: the setting that learned on 2 CPU cores
-        model=None, finetune="full",  # two full copies of the ~1M embedded model
-        lr=2e-4, num_generations=4,  # lr 2e-4 stable (5e-4 collapsed); G = 4
-        temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=96,  # plain sampling, 96 new tokens
+        model=None,
+        finetune="full",  # two full copies of the ~1M embedded model
+        lr=2e-4,
+        num_generations=4,  # lr 2e-4 stable (5e-4 collapsed); G = 4
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=96,  # plain sampling, 96 new tokens
         steps=450,  # 450 steps: 0.69 -> 2.33 held-out in the trial
     ),
     "paper-writing": dict(  # MAGRPO_SPEC.md section 6, writing (TLDR)
-        env="coop_writing-v0", model="Qwen/Qwen3-1.7B", finetune="full",  # 2 x Qwen3-1.7B, full fine-tuning
-        lr=5e-6, num_generations=4, max_new_tokens=256,  # lr 5e-6, G = 4, 256 new tokens
-        temperature=0.7, top_p=0.9, top_k=50,  # sampling 0.7 / 0.9 / 50
-        steps=1000, chat_template=False,  # 1 epoch over 1000 prompts, batch 1; no chat template
+        env="coop_writing-v0",
+        model="Qwen/Qwen3-1.7B",
+        finetune="full",  # 2 x Qwen3-1.7B, full fine-tuning
+        lr=5e-6,
+        num_generations=4,
+        max_new_tokens=256,  # lr 5e-6, G = 4, 256 new tokens
+        temperature=0.7,
+        top_p=0.9,
+        top_k=50,  # sampling 0.7 / 0.9 / 50
+        steps=1000,
+        chat_template=False,  # 1 epoch over 1000 prompts, batch 1; no chat template
     ),
     "paper-coding": dict(  # MAGRPO_SPEC.md section 6, coding (HumanEval)
-        env="coop_coding-v0", model="Qwen/Qwen2.5-Coder-3B", finetune="full",  # 2 x Qwen2.5-Coder-3B (base)
-        lr=1e-5, num_generations=4, max_new_tokens=256,  # lr 1e-5, G = 4, 256 new tokens
-        temperature=0.7, top_p=0.9, top_k=0,  # 0.7 / 0.9 on HumanEval
-        max_turns=2, gamma=0.9, steps=2000,  # H = 2 with level feedback, gamma 0.9, ~1.5K-2K steps
+        env="coop_coding-v0",
+        model="Qwen/Qwen2.5-Coder-3B",
+        finetune="full",  # 2 x Qwen2.5-Coder-3B (base)
+        lr=1e-5,
+        num_generations=4,
+        max_new_tokens=256,  # lr 1e-5, G = 4, 256 new tokens
+        temperature=0.7,
+        top_p=0.9,
+        top_k=0,  # 0.7 / 0.9 on HumanEval
+        max_turns=2,
+        gamma=0.9,
+        steps=2000,  # H = 2 with level feedback, gamma 0.9, ~1.5K-2K steps
     ),
 }
 

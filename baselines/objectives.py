@@ -21,8 +21,9 @@ Deliberate differences from the reference code (see MAGRPO_SPEC.md section 2):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -171,7 +172,9 @@ def policy_loss(
     """-(1/G) * sum_g A_g * log pi(response_g | prompt)  [+ kl_coef * mean_g KL_g]. Raises
     NonFiniteLossError on NaN/inf."""
     if seq_logprobs.shape != advantages.shape:
-        raise ValueError(f"shape mismatch: logprobs {tuple(seq_logprobs.shape)} vs advantages {tuple(advantages.shape)}")
+        raise ValueError(
+            f"shape mismatch: logprobs {tuple(seq_logprobs.shape)} vs advantages {tuple(advantages.shape)}"
+        )
     loss = -(advantages.detach().to(seq_logprobs.dtype) * seq_logprobs).mean()
     if kl is not None and kl_coef != 0.0:
         loss = loss + kl_coef * kl.mean()

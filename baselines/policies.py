@@ -17,9 +17,10 @@ position ids as generation did (cumulative attention mask), so training scores e
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -112,7 +113,7 @@ class Policies:
         self.finetune, self.chat_template, self.device = finetune, chat_template, device
         self.members: dict[str, _Member] = {}
         loaded: dict[str, tuple] = {}
-        for agent, name in zip(self.agents, names):
+        for agent, name in zip(self.agents, names, strict=False):
             shared = finetune == "lora" and name in loaded
             if shared:
                 module, tok = loaded[name]
@@ -191,15 +192,24 @@ class Policies:
         if not self.chat_template:
             return prompt
         tok = self.members[agent].tokenizer
-        return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
 
     def _encode(self, agent: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         tok = self.members[agent].tokenizer
-        batch = tok([self._format(agent, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=not self.chat_template)
+        batch = tok(
+            [self._format(agent, p) for p in prompts],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=not self.chat_template,
+        )
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)  # (B, P)
 
     @torch.no_grad()
-    def generate(self, prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int = 1) -> dict[str, Completions]:
+    def generate(
+        self, prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int = 1
+    ) -> dict[str, Completions]:
         """Sample `repeats` responses to each prompt of each agent (rows prompt-major: p0 x repeats, p1 x
         repeats, ...). Agents sharing one LoRA base are served by one batched decoding loop (a different
         adapter per row); other agents by one loop each. Each distinct prompt is prefilled once and its KV
@@ -217,7 +227,9 @@ class Policies:
         rows = [(a, p) for a in agents for p in prompts[a]]
         ids, attn = self._encode(agents[0], [p for _, p in rows])  # (R, P), same tokenizer within a group
         names = [self.members[a].adapter for a, _ in rows] if first.adapter is not None else None
-        seqs, sample_lp = sample(first.module, ids, attn, repeats, sampling, first.eos_ids, first.tokenizer.pad_token_id, names)
+        seqs, sample_lp = sample(
+            first.module, ids, attn, repeats, sampling, first.eos_ids, first.tokenizer.pad_token_id, names
+        )
         attn = attn.repeat_interleave(repeats, dim=0)  # (R*G, P)
         mask = completion_mask(seqs[:, ids.shape[1] :], first.eos_ids)  # (R*G, T)
         result, start = {}, 0
@@ -231,7 +243,10 @@ class Policies:
 
     def _decode(self, agent: str, completion: torch.Tensor, mask: torch.Tensor) -> list[str]:
         tok = self.members[agent].tokenizer
-        return [tok.decode(row[m].tolist(), skip_special_tokens=True).strip() for row, m in zip(completion, mask)]
+        return [
+            tok.decode(row[m].tolist(), skip_special_tokens=True).strip()
+            for row, m in zip(completion, mask, strict=False)
+        ]
 
     # ------------------------------------------------------------------ scoring
     def token_logprobs(self, agent: str, c: Completions, reference: bool = False) -> torch.Tensor:  # (B, T)
@@ -275,12 +290,16 @@ def _pick(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def sample(module, ids, attn, repeats: int, sampling: SamplingConfig, eos_ids: list[int], pad_id: int, adapter_names=None):
+def sample(
+    module, ids, attn, repeats: int, sampling: SamplingConfig, eos_ids: list[int], pad_id: int, adapter_names=None
+):
     """KV-cached sampling: prefill the R distinct prompts once, repeat the cache `repeats` times, decode
     until every row has emitted an EOS or the budget is spent; rows are padded with `pad_id` after their
     EOS. Returns sequences (R*G, P+T) and the sampling log-prob of every generated token (R*G, T)."""
     kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    out = module(input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1, **kw)
+    out = module(
+        input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1, **kw
+    )
     cache = out.past_key_values
     cache.batch_repeat_interleave(repeats)
     logits = out.logits[:, -1].repeat_interleave(repeats, dim=0)  # (B, V)
@@ -300,7 +319,9 @@ def sample(module, ids, attn, repeats: int, sampling: SamplingConfig, eos_ids: l
         if bool(finished.all()) or t == sampling.max_new_tokens - 1:
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-        out = module(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kw)
+        out = module(
+            input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kw
+        )
         pos = pos + 1
         logits = out.logits[:, -1]
     seqs = torch.cat([ids.repeat_interleave(repeats, dim=0), torch.stack(tokens, dim=1)], dim=1)  # (B, P+T)
@@ -318,10 +339,14 @@ def score(module, c: Completions) -> torch.Tensor:  # (B, T)
         cache.batch_repeat_interleave(B)
         attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
         pos = torch.arange(P, P + T, device=attn.device).expand(B, T)
-        rest = module(input_ids=c.sequences[:, P:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=False)
+        rest = module(
+            input_ids=c.sequences[:, P:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=False
+        )
         logits = torch.cat([out.logits[:, -1:].expand(B, 1, -1), rest.logits[:, :-1]], dim=1)  # (B, T, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(-1, c.sequences[:, P:, None]).squeeze(-1)
     attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
-    logits = module(input_ids=c.sequences, attention_mask=attn, position_ids=_positions(attn), logits_to_keep=T + 1).logits
+    logits = module(
+        input_ids=c.sequences, attention_mask=attn, position_ids=_positions(attn), logits_to_keep=T + 1
+    ).logits
     return completion_token_logprobs(logits, c.sequences, P)

@@ -56,7 +56,9 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
     rewards, joint, branches = [], [], []
     for action in actions:
         branch = env.clone()
-        next_obs, reward, term, trunc, infos = branch.step({a: completions[a].texts[action[i]] for i, a in enumerate(agents)})
+        next_obs, reward, term, trunc, infos = branch.step(
+            {a: completions[a].texts[action[i]] for i, a in enumerate(agents)}
+        )
         rewards.append([float(reward[a]) for a in agents])
         joint.append(float(infos[agents[0]]["joint_reward"]))
         done = all(term.values()) or all(trunc.values())
@@ -64,7 +66,9 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
     reward_t = torch.tensor(rewards, dtype=torch.float64)  # (J, n)
     if env.reward_mode == "joint":
         reward_t = reward_t[:, :1]  # (J, 1): identical columns
-    node = Node(rewards=reward_t, completions=completions, actions=actions, joint_rewards=torch.tensor(joint), turn=turn)
+    node = Node(
+        rewards=reward_t, completions=completions, actions=actions, joint_rewards=torch.tensor(joint), turn=turn
+    )
     expand = turn < rs.max_turns and should_expand(node.rewards, rs.early_termination)
     node.children = [
         rollout_tree(b[0], b[1], policies, rs, turn + 1) if expand and b is not None else None for b in branches
@@ -134,7 +138,9 @@ def node_stats(root: Node, nodes: list[Node]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(env_factory, policies: Policies, task_ids: list[str], sampling: SamplingConfig, seed: int) -> dict[str, Any]:
+def evaluate(
+    env_factory, policies: Policies, task_ids: list[str], sampling: SamplingConfig, seed: int
+) -> dict[str, Any]:
     """Joint reward of one sampled episode per held-out task, all tasks batched per turn. The episode's
     score is the joint reward of its last turn (the final answer). Seeded, so it is repeatable."""
     devices_state = torch.random.get_rng_state()

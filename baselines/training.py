@@ -45,13 +45,22 @@ def build_policies(cfg: MAGRPOConfig, agents: list[str]) -> Policies:
     finetune = ("full" if embedded else "lora") if cfg.finetune == "auto" else cfg.finetune
     torch.manual_seed(cfg.seed)  # LoRA initialisation
     return Policies(
-        agents, models, finetune, cfg.lora_r, cfg.lora_alpha, chat_template=cfg.chat_template,
-        need_reference=cfg.kl_coef > 0, dtype=torch.bfloat16 if cfg.bf16 else torch.float32, device=cfg.device,
+        agents,
+        models,
+        finetune,
+        cfg.lora_r,
+        cfg.lora_alpha,
+        chat_template=cfg.chat_template,
+        need_reference=cfg.kl_coef > 0,
+        dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
+        device=cfg.device,
     )
 
 
 def run_eval(make_eval_env, policies: Policies, test_ids: list[str], cfg: MAGRPOConfig) -> dict[str, Any]:
-    results = [evaluate(make_eval_env, policies, test_ids, cfg.sampling(), EVAL_SEED + k) for k in range(cfg.eval_seeds)]
+    results = [
+        evaluate(make_eval_env, policies, test_ids, cfg.sampling(), EVAL_SEED + k) for k in range(cfg.eval_seeds)
+    ]
     return {
         "eval/joint_mean": sum(r["eval/joint_mean"] for r in results) / len(results),
         "eval/tasks": results[0]["eval/tasks"],
@@ -59,7 +68,9 @@ def run_eval(make_eval_env, policies: Policies, test_ids: list[str], cfg: MAGRPO
     }
 
 
-def save_checkpoint(path: Path, step: int, policies: Policies, optimizers: dict, metrics_bytes: int, eval_bytes: int) -> None:
+def save_checkpoint(
+    path: Path, step: int, policies: Policies, optimizers: dict, metrics_bytes: int, eval_bytes: int
+) -> None:
     """Write atomically: a temp file in the same directory, then os.replace."""
     state = {
         "step": step,
@@ -110,11 +121,15 @@ def train(cfg: MAGRPOConfig, algo: str, progress: bool = True, make_env=None) ->
     np.random.seed(cfg.seed % 2**32)
     env_kwargs = dict(max_turns=cfg.max_turns, dataset=cfg.dataset)
     env = make(cfg.env, reward_mode=module.REWARD_MODE, **env_kwargs)
+
     def make_eval_env():
         return make(cfg.env, reward_mode="joint", **env_kwargs)
+
     agents = list(env.possible_agents)
     policies = build_policies(cfg, agents)
-    optimizers = {a: torch.optim.AdamW(policies.parameters(a), lr=cfg.lr, weight_decay=cfg.weight_decay) for a in agents}
+    optimizers = {
+        a: torch.optim.AdamW(policies.parameters(a), lr=cfg.lr, weight_decay=cfg.weight_decay) for a in agents
+    }
     train_ids, test_ids = env.task_ids("train"), env.task_ids("test")
     test_ids = test_ids[: cfg.eval_tasks] if cfg.eval_tasks else test_ids
 
@@ -155,9 +170,13 @@ def train(cfg: MAGRPOConfig, algo: str, progress: bool = True, make_env=None) ->
                 if key != "step":
                     writer.add_scalar(key, value, step + 1)
         bar.update(1)
-        bar.set_postfix(reward=f"{row['reward/joint_mean']:.2f}", eval=f"{row.get('eval/joint_mean', float('nan')):.2f}")
+        bar.set_postfix(
+            reward=f"{row['reward/joint_mean']:.2f}", eval=f"{row.get('eval/joint_mean', float('nan')):.2f}"
+        )
         if done or (step + 1) % cfg.save_every == 0:
-            save_checkpoint(ckpt_path, step + 1, policies, optimizers, metrics_path.stat().st_size, eval_path.stat().st_size)
+            save_checkpoint(
+                ckpt_path, step + 1, policies, optimizers, metrics_path.stat().st_size, eval_path.stat().st_size
+            )
     bar.close()
     if writer is not None:
         writer.close()
@@ -165,8 +184,12 @@ def train(cfg: MAGRPOConfig, algo: str, progress: bool = True, make_env=None) ->
         policies.save_final(agent, out / "final" / agent)
     evals = [json.loads(line) for line in eval_path.read_text().splitlines()]
     summary = {
-        "algo": algo, "env": cfg.env, "seed": cfg.seed, "steps": cfg.steps,
-        "eval_before": evals[0]["eval/joint_mean"], "eval_after": evals[-1]["eval/joint_mean"],
+        "algo": algo,
+        "env": cfg.env,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "eval_before": evals[0]["eval/joint_mean"],
+        "eval_after": evals[-1]["eval/joint_mean"],
         "example_after": evals[-1]["eval/example"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -186,7 +209,10 @@ def plot_rewards(out: Path, title: str = "") -> Path:
     steps = [r["step"] for r in rows]
     reward = [r["reward/joint_mean"] for r in rows]
     window = 25
-    smooth = [sum(reward[max(0, i - window + 1) : i + 1]) / len(reward[max(0, i - window + 1) : i + 1]) for i in range(len(reward))]
+    smooth = [
+        sum(reward[max(0, i - window + 1) : i + 1]) / len(reward[max(0, i - window + 1) : i + 1])
+        for i in range(len(reward))
+    ]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, smooth, label=f"train joint reward ({window}-step mean)")
     ax.plot([e["step"] for e in evals], [e["eval/joint_mean"] for e in evals], "o-", label="held-out joint reward")
@@ -204,7 +230,10 @@ def plot_rewards(out: Path, title: str = "") -> Path:
 def _jsonable(cfg: MAGRPOConfig) -> dict[str, Any]:
     import dataclasses
 
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+    return {
+        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(cfg).items()
+    }
 
 
 def _tensorboard(out: Path):

@@ -65,8 +65,13 @@ def run_ours(finetune: str, steps: int, warmup: int, device: str) -> dict:
 
     torch.set_num_threads(1)
     items = _prompts(steps + warmup)
-    cfg = magrpo.MAGRPOConfig(num_generations=COMMON["G"], max_new_tokens=COMMON["max_new_tokens"], lr=COMMON["lr"],
-                              finetune=finetune, device=device)
+    cfg = magrpo.MAGRPOConfig(
+        num_generations=COMMON["G"],
+        max_new_tokens=COMMON["max_new_tokens"],
+        lr=COMMON["lr"],
+        finetune=finetune,
+        device=device,
+    )
     env = make("coop_writing-v0")
     base_rss = _rss_mb()
     if device.startswith("cuda"):
@@ -85,7 +90,12 @@ def run_ours(finetune: str, steps: int, warmup: int, device: str) -> dict:
             times.append(time.perf_counter() - t0)
             tokens += sum(v for k, v in stats.items() if k.endswith("_tokens_mean")) * cfg.num_generations
     mem = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else _peak_mb() - base_rss
-    return {"impl": f"ours-{finetune}", "step_s": sum(times) / len(times), "mem_mb": mem, "tokens_per_s": tokens / sum(times)}
+    return {
+        "impl": f"ours-{finetune}",
+        "step_s": sum(times) / len(times),
+        "mem_mb": mem,
+        "tokens_per_s": tokens / sum(times),
+    }
 
 
 def run_comlrl(steps: int, warmup: int, device: str) -> dict:
@@ -113,16 +123,34 @@ def run_comlrl(steps: int, warmup: int, device: str) -> dict:
 
     def make_trainer(items):
         args = MAGRPOConfig(
-            num_train_epochs=1, agent_learning_rate=COMMON["lr"], num_generations=COMMON["G"],
-            max_new_tokens=COMMON["max_new_tokens"], temperature=1.0, top_p=1.0, top_k=None, num_turns=1,
-            joint_mode="aligned", early_termination_threshold=None, advantage_normalization=False,
-            advantage_mode="mean", eval_interval=0, rollout_buffer_size=1, logging_steps=10**6,
+            num_train_epochs=1,
+            agent_learning_rate=COMMON["lr"],
+            num_generations=COMMON["G"],
+            max_new_tokens=COMMON["max_new_tokens"],
+            temperature=1.0,
+            top_p=1.0,
+            top_k=None,
+            num_turns=1,
+            joint_mode="aligned",
+            early_termination_threshold=None,
+            advantage_normalization=False,
+            advantage_mode="mean",
+            eval_interval=0,
+            rollout_buffer_size=1,
+            logging_steps=10**6,
             agent_devices=device,
         )
         models = [AutoModelForCausalLM.from_pretrained(str(EMBEDDED_DIR)) for _ in agents]
         tok = load_tokenizer(str(EMBEDDED_DIR))
-        return MAGRPOTrainer(agents=models, num_agents=2, tokenizer=tok, train_dataset=items, reward_func=reward,
-                             formatters=[formatter(a) for a in agents], args=args)
+        return MAGRPOTrainer(
+            agents=models,
+            num_agents=2,
+            tokenizer=tok,
+            train_dataset=items,
+            reward_func=reward,
+            formatters=[formatter(a) for a in agents],
+            args=args,
+        )
 
     items = _prompts(steps + warmup)
     base_rss = _rss_mb()
@@ -142,9 +170,26 @@ def run_comlrl(steps: int, warmup: int, device: str) -> dict:
 
 
 def _subprocess(python: str, impl: str, args) -> dict:
-    cmd = [python, __file__, "--worker", impl, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        impl,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--device",
+        args.device,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"{impl} failed:\n{out.stderr[-3000:]}")
@@ -173,7 +218,11 @@ def main() -> None:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        result = run_comlrl(args.steps, args.warmup, args.device) if args.worker == "comlrl" else run_ours(args.worker, args.steps, args.warmup, args.device)
+        result = (
+            run_comlrl(args.steps, args.warmup, args.device)
+            if args.worker == "comlrl"
+            else run_ours(args.worker, args.steps, args.warmup, args.device)
+        )
         print(json.dumps(result))
         return
     impls = [("lora", sys.executable), ("full", sys.executable)]
@@ -192,7 +241,9 @@ def main() -> None:
     if "comlrl-1.4.3" in best:
         ref = best["comlrl-1.4.3"]
         for k in ("ours-lora", "ours-full"):
-            print(f"{k} / comlrl: time {best[k]['step_s'] / ref['step_s']:.2f}x, memory {best[k]['mem_mb'] / max(ref['mem_mb'], 1e-9):.2f}x")
+            print(
+                f"{k} / comlrl: time {best[k]['step_s'] / ref['step_s']:.2f}x, memory {best[k]['mem_mb'] / max(ref['mem_mb'], 1e-9):.2f}x"
+            )
 
 
 if __name__ == "__main__":

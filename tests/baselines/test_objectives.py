@@ -120,15 +120,15 @@ def test_mask_includes_first_eos_and_excludes_pads():
         ]
     )
     mask = completion_mask(completion, [EOS])
-    expected = torch.tensor(
-        [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool
-    )
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
     assert torch.equal(mask, expected)
 
 
 def test_mask_with_several_eos_ids_and_distinct_pad():
     completion = torch.tensor([[1, 4, 0, 0], [4, 2, 3, 0]])  # eos ids {2, 3}, pad 0
-    assert torch.equal(completion_mask(completion, [2, 3]), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool))
+    assert torch.equal(
+        completion_mask(completion, [2, 3]), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    )
 
 
 def test_completion_logprobs_use_prompt_width_even_when_prompt_contains_pad_id():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ToyEnv, make_toy_env
+from toy_env import ToyEnv, make_toy_env
 
 from baselines import independent, magrpo
 from baselines.embedded import EMBEDDED_DIR
@@ -26,7 +26,7 @@ def small_cfg(**kw) -> MAGRPOConfig:
 
 def snapshot(policies: Policies) -> dict[str, torch.Tensor]:
     out = {}
-    for agent, m in policies.members.items():
+    for _agent, m in policies.members.items():
         for name, p in m.module.named_parameters():
             out[f"{id(m.module)}/{name}"] = p.detach().clone()
     return out
@@ -84,7 +84,7 @@ def test_sampled_tokens_are_scored_exactly_even_with_pad_id_in_prompt(shared):
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     first = ["A longer prompt <|endoftext|> that contains the pad id in its middle."]
-    prompts = {"first": first if shared else first + ["Short."], "second": ["Short."]}
+    prompts = {"first": first if shared else [*first, "Short."], "second": ["Short."]}
     out = policies.generate(prompts, SamplingConfig(max_new_tokens=12), repeats=3)
     ids = out["first"].sequences[0, : out["first"].prompt_width]
     assert (ids == m.tokenizer.pad_token_id).sum() >= 1 and out["first"].prompt_mask[0].all()
@@ -105,7 +105,9 @@ def test_generate_one_call_for_shared_base_and_texts_stop_at_eos(monkeypatch):
     calls = []
     original = pol_mod.sample
     monkeypatch.setattr(pol_mod, "sample", lambda *a, **k: calls.append(1) or original(*a, **k))
-    out = policies.generate({"first": ["Hello there."], "second": ["Another prompt, longer."]}, SamplingConfig(max_new_tokens=10), repeats=3)
+    out = policies.generate(
+        {"first": ["Hello there."], "second": ["Another prompt, longer."]}, SamplingConfig(max_new_tokens=10), repeats=3
+    )
     assert len(calls) == 1
     for c in out.values():
         assert c.sequences.shape[0] == 3 and len(c.texts) == 3
@@ -135,8 +137,15 @@ def test_full_finetune_with_a_different_model_per_agent(tmp_path):
     from baselines.policies import load_tokenizer
 
     tok = load_tokenizer(str(EMBEDDED_DIR))
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
@@ -163,7 +172,9 @@ def test_multi_turn_tree_and_cross_mode_run():
     policies = Policies(env.possible_agents, None, "full")
     opts = {a: torch.optim.AdamW(policies.parameters(a), lr=1e-4) for a in env.possible_agents}
     obs, _ = env.reset(options={"task_id": "train-0"})
-    stats = magrpo.train_step(env, obs, policies, opts, small_cfg(num_generations=2, max_turns=2, early_termination=None))
+    stats = magrpo.train_step(
+        env, obs, policies, opts, small_cfg(num_generations=2, max_turns=2, early_termination=None)
+    )
     assert stats["tree/nodes"] == 1 + 2  # aligned: 1 + G nodes for H = 2
     env1 = ToyEnv(max_turns=1)
     obs, _ = env1.reset(options={"task_id": "train-1"})
@@ -172,7 +183,10 @@ def test_multi_turn_tree_and_cross_mode_run():
 
 
 def _rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+        for line in path.read_text().splitlines()
+    ]
 
 
 def test_same_seed_gives_identical_metrics_and_resume_matches(tmp_path):
@@ -233,8 +247,30 @@ def test_cli_train_smoke_on_every_registered_env(env_id, tmp_path, capsys):
     from baselines.cli import main
 
     out = tmp_path / "run"
-    main(["train", "--env", env_id, "--algo", "magrpo", "--steps", "1", "--seed", "0", "--output-dir", str(out),
-          "--num-generations", "2", "--max-new-tokens", "8", "--eval-tasks", "1", "--eval-seeds", "1", "--no-progress"])
+    main(
+        [
+            "train",
+            "--env",
+            env_id,
+            "--algo",
+            "magrpo",
+            "--steps",
+            "1",
+            "--seed",
+            "0",
+            "--output-dir",
+            str(out),
+            "--num-generations",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--eval-tasks",
+            "1",
+            "--eval-seeds",
+            "1",
+            "--no-progress",
+        ]
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and {"step", "reward/joint_mean", "time/step_s"} <= set(rows[0])
     assert (out / "final").is_dir() and (out / "reward_curve.png").exists()
