@@ -135,7 +135,7 @@ class Algorithm(ABC):
 
     # ----- the runner's side (used by baselines.training) ------------------------------------------------------
     @property
-    def REWARD_MODE(self) -> str:  # noqa: N802 (the name the training loop reads)
+    def REWARD_MODE(self) -> str:
         return self.reward_mode
 
     def train_step(self, env: Any, obs: dict[str, dict], policies: Policies, optimizers: dict, cfg: Any) -> dict:

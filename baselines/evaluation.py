@@ -484,20 +484,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(argv: Sequence[str]) -> EvalConfig:
+def config_from_args(argv: Sequence[str], prog: str = "llm-coop eval") -> EvalConfig:
+    """The config of a command line; ``prog`` + the arguments is recorded as the entry's command."""
     a = _parser().parse_args(list(argv))
     return EvalConfig(
         env=a.env, policy=a.policy, baseline=a.baseline, model=a.model, split=a.split, seeds=tuple(a.seeds),
         samples=a.samples, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
         top_p=a.top_p, tasks=a.tasks, batch_tasks=a.batch_tasks, pass_k=tuple(a.pass_k), entry_id=a.entry_id,
         method_name=a.method_name, root=a.root, device=a.device, threads=a.threads, progress=not a.no_progress,
-        command="llm-coop eval " + shlex.join(list(argv)),
+        command=f"{prog} " + shlex.join(list(argv)),
     )  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m baselines.evaluation") -> int:
+    """`llm-coop eval` (prog "llm-coop eval") or `python -m baselines.evaluation`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = config_from_args(argv)
+    cfg = config_from_args(argv, prog)
     try:
         cfg.validate()
     except ValueError as error:

@@ -10,7 +10,6 @@ import pytest
 from baselines.evaluation import EvalConfig, Round, config_from_args, evaluate, run_protocol
 from baselines.leaderboard import load_entry, read_transcript, rescore
 from baselines.prompting import (
-    SingleAgentEnv,
     discussion_prompt,
     make_env,
     sequential_prompt,
@@ -35,7 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
     ],
 )
 def test_split_single_delimiter_rule(text, first, second):
-    assert split_single("coop_writing-v0", ["summary", "elaboration"], text) == {"summary": first, "elaboration": second}
+    assert split_single("coop_writing-v0", ["summary", "elaboration"], text) == {
+        "summary": first,
+        "elaboration": second,
+    }
 
 
 def test_split_single_coding_gives_everything_to_main():
