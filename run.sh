@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Project tasks. Each installs what it needs first (idempotent), then runs.
-#   bash run.sh demo    the main job (see README)
+#   bash run.sh demo    the main job: MAGRPO vs independent GRPO on the embedded model (see README)
 #   bash run.sh test    the test suite (offline, CPU, one torch thread)
 #   bash run.sh lint    ruff + mypy
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 
-install() {
+install() {  # $1: the extras to install, e.g. "train" or "train,dev"
   # torch first, pinned, so nothing later resolves an unpinned (CUDA) build.
   "$PYTHON" -m pip install -q -c constraints.txt "torch==2.13.0"
-  "$PYTHON" -m pip install -q -c constraints.txt -e ".[train,dev]"
+  "$PYTHON" -m pip install -q -c constraints.txt -e ".[$1]"
 }
 
 offline() {
@@ -20,18 +20,15 @@ offline() {
 
 case "${1:-}" in
   demo)
-    install; offline
-    if "$PYTHON" -c "import baselines.demo" 2>/dev/null; then
-      exec "$PYTHON" -m baselines.demo "${@:2}"
-    fi
-    exec "$PYTHON" examples/scripted_episode.py "${@:2}"
+    install train; offline
+    exec "$PYTHON" -m baselines.demo "${@:2}"
     ;;
   test)
-    install; offline
+    install train,dev,humaneval,evaluate; offline
     exec "$PYTHON" -m pytest "${@:2}"
     ;;
   lint)
-    install
+    install train,dev
     "$PYTHON" -m ruff check .
     "$PYTHON" -m ruff format --check .
     exec "$PYTHON" -m mypy
