@@ -353,7 +353,9 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
     def _select_task(self, options: Mapping[str, Any], seed: int | None) -> Task:
         unknown = set(options) - {"task_id", "split", "index"}
         if unknown:  # PettingZoo's API test passes arbitrary options, so these cannot be an error
-            warnings.warn(f"ignoring unknown reset option(s) {sorted(unknown)}; known: task_id, split, index", stacklevel=3)
+            warnings.warn(
+                f"ignoring unknown reset option(s) {sorted(unknown)}; known: task_id, split, index", stacklevel=3
+            )
         task: Task | None = None
         if "task_id" in options:
             if set(options) != {"task_id"}:
