@@ -8,12 +8,13 @@ rebuilds them bit-for-bit on the same Python and torch versions:
 
 Recipe (see ../shared/reference/LEARNING_ON_CPU.md for why this setting):
 - corpus: English docstring paragraphs of the Python standard library of the running interpreter (files in
-  sorted order; doctest and code-like paragraphs dropped), first ~1.2 MB;
+  sorted order; doctest and code-like paragraphs dropped), up to 1.2 MB, plus the paragraphs of the
+  coop_writing-v0 TRAIN-split prompts (three times; the test split is never read);
 - tokenizer: byte-level BPE, vocabulary 2,000, special token `<|endoftext|>` (EOS and pad);
 - model: 4 layers, hidden 128, 4 heads / 2 KV heads, MLP 384, tied embeddings (1.05M parameters);
-- pretraining: next-token LM, one thread, 16 x 128 tokens per step, AdamW lr 3e-3 with warmup and cosine
-  decay, a fixed number of steps (not a time budget, so the result is reproducible), EOS between paragraphs
-  so that sampled text ends by itself.
+- pretraining: next-token LM, one thread, 3 x 768 tokens per step (the context covers a writing prompt and
+  its response), 900 steps of AdamW lr 3e-3 with warmup and cosine decay (a fixed step count, not a time
+  budget, so the result is reproducible; ~4.5 min), EOS between paragraphs so sampled text ends by itself.
 
 What the model knows is the shape of English prose, not how to summarise: what MAGRPO teaches it at this
 scale is the structure the reward pays for (lengths, stopping, unique words, a transition word).

@@ -396,7 +396,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     method = _method(cfg, source)
     if cfg.policy is not None:
         method["config"]["train_seconds_per_seed"] = _train_seconds(cfg, cfg.seeds)
-    entry_id = cfg.entry_id or _entry_id(cfg, method["name"])
+    entry_id = cfg.entry_id or _entry_id(cfg, method["name"], source.run_config)
     transcript = Transcript(cfg.env, env.spec.spec_hash(), cfg.split, tuple(agents), tuple(records))
     partial = len(tasks) < len(env.tasks.split_tasks(cfg.split))
     folder = root / "transcripts" if not partial else root / "partial"
@@ -443,9 +443,14 @@ class EvalResult:
     per_seed: dict[str, dict[str, float]]
 
 
-def _entry_id(cfg: EvalConfig, method_name: str) -> str:
-    what = cfg.model or cfg.policy or str(EMBEDDED_DIR)
-    shown = "embedded" if _display(what).startswith("embedded:") else _slug(Path(what.replace("{seed}", "")).name)
+def _entry_id(cfg: EvalConfig, method_name: str, run_config: dict[str, Any]) -> str:
+    """``method--model--env--split``; model = "embedded" for the embedded model and runs trained from it."""
+    if cfg.policy is not None:
+        base = run_config.get("model") or (run_config.get("agent_models") or [None])[0]
+        what = str(base or EMBEDDED_DIR)
+    else:
+        what = cfg.model or str(EMBEDDED_DIR)
+    shown = "embedded" if _display(what).startswith("embedded:") else _slug(Path(what).name)
     return f"{_slug(method_name)}--{shown[:40]}--{cfg.env.replace('/', '--')}--{cfg.split}"
 
 

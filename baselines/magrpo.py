@@ -42,7 +42,7 @@ class MAGRPOConfig:
     steps: int = 450
     """Training steps; one step = one task (the root of one rollout tree)."""
     seed: int = 0
-    """Seed of weights-independent randomness: task order, sampling, evaluation."""
+    """Seed of the task order, the sampling and the LoRA init (evaluation uses fixed seeds for every run)."""
     output_dir: Path = Path("runs/magrpo")
     """Where metrics.jsonl, eval.jsonl, checkpoint.pt, final/ and reward_curve.png go."""
     num_generations: int = 4
