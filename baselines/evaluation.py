@@ -358,6 +358,17 @@ def _method(cfg: EvalConfig, source: PolicySource) -> dict[str, Any]:
     return {"name": name, "family": _FAMILY.get(algo, "joint-reward"), "description": description, "config": config}
 
 
+def _templated(model: dict[str, Any], cfg: EvalConfig, seed: int) -> dict[str, Any]:
+    """A model record of a per-seed run with the seed replaced by ``{seed}`` (hashes are per seed)."""
+    run = _display(Path(str(cfg.policy).replace("{seed}", str(seed))))
+    template = _display(Path(str(cfg.policy)))
+    out = {k: (v.replace(run, template) if isinstance(v, str) else v) for k, v in model.items()}
+    for key in ("model_hash", "adapter_hash"):
+        if key in out:
+            out[key] = None
+    return out
+
+
 def _train_seconds(cfg: EvalConfig, seeds: Sequence[int]) -> dict[str, float]:
     """Training wall time per seed (sum of `time/step_s` in metrics.jsonl; evaluations excluded)."""
     out = {}
@@ -384,18 +395,25 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     batches = math.ceil(len(tasks) / (cfg.batch_tasks or len(tasks)))
     records: list[TranscriptRecord] = []
     source = None
+    weights: dict[str, dict[str, str | None]] = {}  # seed -> agent -> weights hash (trained runs)
     bar = tqdm(desc=f"eval {cfg.env}", disable=not cfg.progress, dynamic_ncols=True)
     for seed in cfg.seeds:
         if source is None or cfg.policy is not None:
             source = load_source(cfg, agents, seed)
             bar.total = len(cfg.seeds) * batches * rounds[source.protocol]
+            if cfg.policy is not None:
+                weights[str(seed)] = {m["agent"]: m.get("model_hash") or m.get("adapter_hash") for m in source.models}
         records.extend(evaluate_seed(cfg, env, source, tasks, seed, bar))
     bar.close()
     assert source is not None
     root = (cfg.root or leaderboard_root()).resolve()
     method = _method(cfg, source)
+    models = source.models
     if cfg.policy is not None:
         method["config"]["train_seconds_per_seed"] = _train_seconds(cfg, cfg.seeds)
+        method["config"]["weights_sha256"] = weights
+        if len(cfg.seeds) > 1:  # one model per seed: name the run template, hashes per seed in the config
+            models = [_templated(m, cfg, cfg.seeds[-1]) for m in source.models]
     entry_id = cfg.entry_id or _entry_id(cfg, method["name"], source.run_config)
     transcript = Transcript(cfg.env, env.spec.spec_hash(), cfg.split, tuple(agents), tuple(records))
     partial = len(tasks) < len(env.tasks.split_tasks(cfg.split))
@@ -416,7 +434,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         leaderboard_dir=root,
         dataset=dataset_fingerprint(env, cfg.split, getattr(env, "dataset", "bundled"), _data_revision(env)),
         method=method,
-        models=source.models,
+        models=models,
         decoding={
             "temperature": cfg.temperature,
             "top_p": cfg.top_p,
