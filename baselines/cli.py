@@ -28,21 +28,24 @@ USAGE = __doc__
 def train_main(argv: list[str]) -> dict:
     import tyro
 
-    from baselines.independent import IndependentConfig
-    from baselines.magrpo import PRESETS, MAGRPOConfig, preset
-    from baselines.training import ALGORITHMS, train
+    from baselines.algorithm import available_algorithms, config_class_of, resolve_algorithm
+    from baselines.magrpo import PRESETS, preset
+    from baselines.training import train
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--algo", choices=sorted(ALGORITHMS), default="magrpo")
+    pre.add_argument("--algo", default="magrpo", help="built-in or entry-point name, or module:Class")
     pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
     pre.add_argument("--no-progress", action="store_true")
     known, rest = pre.parse_known_args(argv)
-    config_cls = IndependentConfig if known.algo == "independent" else MAGRPOConfig
+    try:
+        config_cls = config_class_of(resolve_algorithm(known.algo))
+    except ValueError as exc:
+        raise SystemExit(f"llm-coop train: {exc}") from None
     cfg = tyro.cli(
         config_cls,
         args=rest,
         default=preset(known.preset, config_cls),
-        description=f"Train {known.algo} (also: --algo {{{','.join(sorted(ALGORITHMS))}}}, --preset {{{','.join(sorted(PRESETS))}}}, --no-progress)",
+        description=f"Train {known.algo} (also: --algo {{{','.join(sorted(available_algorithms()))}}}, --preset {{{','.join(sorted(PRESETS))}}}, --no-progress)",
     )
     try:
         cfg.validate()

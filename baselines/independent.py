@@ -16,14 +16,12 @@ from pathlib import Path
 
 import torch
 
+from baselines.algorithm import Algorithm, GroupBatch
 from baselines.magrpo import PRESETS, MAGRPOConfig, preset
-from baselines.objectives import compute_advantages, compute_tree_returns, response_credit
+from baselines.objectives import compute_advantages, response_credit
 from baselines.policies import Policies
-from baselines.rollout import Node, node_stats, rollout_tree, update_agents, walk
 
-REWARD_MODE = "independent"  # <- the difference: each agent is scored by its own reward
-
-__all__ = ["PRESETS", "REWARD_MODE", "IndependentConfig", "node_advantages", "preset", "train_step"]
+__all__ = ["PRESETS", "REWARD_MODE", "IndependentConfig", "IndependentGRPO", "preset", "train_step"]
 
 
 @dataclass
@@ -34,27 +32,27 @@ class IndependentConfig(MAGRPOConfig):
     """Where metrics.jsonl, eval.jsonl, checkpoint.pt, final/ and reward_curve.png go."""
 
 
-def node_advantages(node: Node, cfg: MAGRPOConfig) -> dict[str, torch.Tensor]:
-    """agent -> (G,) advantages: every agent's response is credited with ITS OWN return."""
-    advantages = {}
-    for i, agent in enumerate(node.completions):
-        returns = node.returns[:, i]  # (J,) <- the difference: agent i's own return
-        credit = response_credit(returns, node.actions, i, cfg.num_generations, cfg.cross_credit)  # (G,)
-        advantages[agent] = compute_advantages(credit, cfg.advantage_mode, cfg.normalize_std)  # (G,)
-    return advantages
+class IndependentGRPO(Algorithm):
+    """Independent GRPO on the plug-in interface: the runner (`Algorithm.train_step`) rolls out, computes
+    returns and updates with the summed-token policy-gradient loss; this class supplies the advantages."""
+
+    name = "independent"
+    reward_mode = "independent"  # <- the difference: each agent is scored by its own reward
+    config_class = IndependentConfig
+
+    def advantages(self, group: GroupBatch) -> dict[str, torch.Tensor]:
+        """agent -> (G,) advantages: every agent's response is credited with ITS OWN return."""
+        advantages = {}
+        for i, agent in enumerate(group.agents):
+            returns = group.returns[:, i]  # (J,) <- the difference: agent i's own return
+            credit = response_credit(returns, group.joint_actions, i, group.num_generations, self.cfg.cross_credit)
+            advantages[agent] = compute_advantages(credit, self.cfg.advantage_mode, self.cfg.normalize_std)  # (G,)
+        return advantages
+
+
+REWARD_MODE = IndependentGRPO.reward_mode
 
 
 def train_step(env, obs, policies: Policies, optimizers: dict, cfg: MAGRPOConfig) -> dict:
-    """One task: roll out the tree, compute returns, one update per node (root first)."""
-    root = rollout_tree(env, obs, policies, cfg.rollout_settings())
-    compute_tree_returns(root, cfg.gamma)
-    nodes = walk(root)
-    stats = node_stats(root, nodes)
-    adv_abs = []
-    for node in nodes:
-        advantages = node_advantages(node, cfg)
-        adv_abs += [float(a.abs().mean()) for a in advantages.values()]
-        stats.update(update_agents(policies, optimizers, node, advantages, cfg.kl_coef, cfg.max_grad_norm))
-    stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
-    stats["return/root_mean"] = float(root.returns.mean())
-    return stats
+    """One task (one rollout tree) of independent GRPO: `IndependentGRPO(cfg).train_step`."""
+    return IndependentGRPO(cfg).train_step(env, obs, policies, optimizers, cfg)

@@ -19,11 +19,10 @@ from typing import Literal
 
 import torch
 
-from baselines.objectives import compute_advantages, compute_tree_returns, response_credit
+from baselines.algorithm import Algorithm, GroupBatch
+from baselines.objectives import compute_advantages, response_credit
 from baselines.policies import Policies, SamplingConfig
-from baselines.rollout import Node, RolloutSettings, node_stats, rollout_tree, update_agents, walk
-
-REWARD_MODE = "joint"  # <- the difference: every agent is scored by the joint reward
+from baselines.rollout import RolloutSettings
 
 
 @dataclass
@@ -196,27 +195,27 @@ def preset(name: str | None, config_cls: type = MAGRPOConfig) -> MAGRPOConfig:
     return dataclasses.replace(config_cls(), **PRESETS[name])
 
 
-def node_advantages(node: Node, cfg: MAGRPOConfig) -> dict[str, torch.Tensor]:
-    """agent -> (G,) advantages: every agent's response is credited with the JOINT return."""
-    advantages = {}
-    for i, agent in enumerate(node.completions):
-        returns = node.returns[:, 0]  # (J,) <- the difference: one joint return for every agent
-        credit = response_credit(returns, node.actions, i, cfg.num_generations, cfg.cross_credit)  # (G,)
-        advantages[agent] = compute_advantages(credit, cfg.advantage_mode, cfg.normalize_std)  # (G,)
-    return advantages
+class MAGRPO(Algorithm):
+    """MAGRPO on the plug-in interface: the runner (`Algorithm.train_step`) rolls out, computes returns and
+    updates with the summed-token policy-gradient loss; MAGRPO supplies the advantages."""
+
+    name = "magrpo"
+    reward_mode = "joint"  # <- the difference: every agent is scored by the joint reward
+    config_class = MAGRPOConfig
+
+    def advantages(self, group: GroupBatch) -> dict[str, torch.Tensor]:
+        """agent -> (G,) advantages: every agent's response is credited with the JOINT return."""
+        advantages = {}
+        for i, agent in enumerate(group.agents):
+            returns = group.returns[:, 0]  # (J,) <- the difference: one joint return for every agent
+            credit = response_credit(returns, group.joint_actions, i, group.num_generations, self.cfg.cross_credit)
+            advantages[agent] = compute_advantages(credit, self.cfg.advantage_mode, self.cfg.normalize_std)  # (G,)
+        return advantages
+
+
+REWARD_MODE = MAGRPO.reward_mode
 
 
 def train_step(env, obs, policies: Policies, optimizers: dict, cfg: MAGRPOConfig) -> dict:
-    """One task: roll out the tree, compute returns, one update per node (root first)."""
-    root = rollout_tree(env, obs, policies, cfg.rollout_settings())
-    compute_tree_returns(root, cfg.gamma)
-    nodes = walk(root)
-    stats = node_stats(root, nodes)
-    adv_abs = []
-    for node in nodes:
-        advantages = node_advantages(node, cfg)
-        adv_abs += [float(a.abs().mean()) for a in advantages.values()]
-        stats.update(update_agents(policies, optimizers, node, advantages, cfg.kl_coef, cfg.max_grad_norm))
-    stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
-    stats["return/root_mean"] = float(root.returns.mean())
-    return stats
+    """One task (one rollout tree) of MAGRPO: `MAGRPO(cfg).train_step`."""
+    return MAGRPO(cfg).train_step(env, obs, policies, optimizers, cfg)

@@ -15,14 +15,7 @@ from typing import Any
 
 import torch
 
-from baselines.objectives import (
-    TreeNode,
-    joint_actions,
-    kl_per_sequence,
-    masked_sum,
-    policy_loss,
-    should_expand,
-)
+from baselines.objectives import TreeNode, joint_actions, should_expand
 from baselines.policies import Completions, Policies, SamplingConfig
 
 
@@ -83,41 +76,6 @@ def walk(node: Node) -> list[Node]:
         out.extend(frontier)
         frontier = [c for n in frontier for c in n.children if c is not None]
     return out
-
-
-def update_agents(
-    policies: Policies,
-    optimizers: dict[str, torch.optim.Optimizer],
-    node: Node,
-    advantages: dict[str, torch.Tensor],  # agent -> (G,)
-    kl_coef: float,
-    max_grad_norm: float | None,
-) -> dict[str, float]:
-    """One optimiser step per agent on the node's G responses: loss = -(1/G) sum_g A_g log pi(y_g | x)
-    [+ kl_coef * KL], log-prob summed over the response tokens up to and including EOS."""
-    stats: dict[str, float] = {}
-    for agent, opt in optimizers.items():
-        c = node.completions[agent]
-        token_lp = policies.token_logprobs(agent, c)  # (G, T)
-        seq_lp = masked_sum(token_lp, c.mask)  # (G,)
-        kl = None
-        if kl_coef != 0.0:
-            ref_lp = policies.token_logprobs(agent, c, reference=True)  # (G, T)
-            kl = kl_per_sequence(token_lp, ref_lp, c.mask)  # (G,)
-            stats[f"kl/{agent}"] = float(kl.mean())
-        loss = policy_loss(seq_lp, advantages[agent].to(seq_lp.dtype), kl, kl_coef)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for group in opt.param_groups for p in group["params"]]
-        if max_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        else:
-            grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        opt.step()
-        stats[f"loss/{agent}"] = float(loss.detach())
-        stats[f"grad_norm/{agent}"] = float(grad_norm)
-        stats[f"logprob/{agent}_mean"] = float(seq_lp.detach().mean())
-    return stats
 
 
 def node_stats(root: Node, nodes: list[Node]) -> dict[str, Any]:

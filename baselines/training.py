@@ -8,7 +8,6 @@ same weights and the same metrics (apart from `time/*` keys) as an uninterrupted
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import random
@@ -24,7 +23,6 @@ from baselines.magrpo import MAGRPOConfig
 from baselines.policies import Policies
 from baselines.rollout import evaluate
 
-ALGORITHMS = {"magrpo": "baselines.magrpo", "independent": "baselines.independent"}
 EVAL_SEED = 12_345  # evaluation sampling seed, the same for every run so before/after are comparable
 
 
@@ -112,10 +110,10 @@ def train(cfg: MAGRPOConfig, algo: str, progress: bool = True, make_env=None) ->
         from llm_coop_envs import make as make_env
     make = make_env
 
+    from baselines.algorithm import load_algorithm
+
     cfg.validate()
-    if algo not in ALGORITHMS:
-        raise ValueError(f"algo {algo!r} unknown; algorithms: {', '.join(ALGORITHMS)}")
-    module = importlib.import_module(ALGORITHMS[algo])
+    module = load_algorithm(algo, cfg)  # built-in name, entry-point name or "module:Class"
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)

@@ -45,6 +45,13 @@ def _peak_mb() -> float:
     return float("nan")
 
 
+def _import_heavy_modules() -> None:
+    """Import everything either side loads lazily, so that the memory baseline excludes code."""
+    import peft  # noqa: F401
+    import transformers.generation  # noqa: F401
+    from transformers.models.qwen2 import modeling_qwen2  # noqa: F401
+
+
 def _prompts(n: int) -> list[dict]:
     from llm_coop_envs import make
 
@@ -73,6 +80,7 @@ def run_ours(finetune: str, steps: int, warmup: int, device: str) -> dict:
         device=device,
     )
     env = make("coop_writing-v0")
+    _import_heavy_modules()
     base_rss = _rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -153,6 +161,7 @@ def run_comlrl(steps: int, warmup: int, device: str) -> dict:
         )
 
     items = _prompts(steps + warmup)
+    _import_heavy_modules()
     base_rss = _rss_mb()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -281,3 +281,20 @@ def test_cli_rejects_bad_field():
 
     with pytest.raises(SystemExit, match="num_generations"):
         main(["train", "--num-generations", "0", "--no-progress"])
+
+
+class SoloEnv(ToyEnv):
+    possible_agents = ["first"]
+
+
+def test_single_agent_grpo_is_magrpo_with_one_agent():
+    torch.manual_seed(0)
+    env = SoloEnv()
+    policies = Policies(env.possible_agents, None, "full")
+    before = snapshot(policies)
+    opts = {"first": torch.optim.AdamW(policies.parameters("first"), lr=1e-3)}
+    obs, _ = env.reset(options={"task_id": "train-0"})
+    stats = magrpo.train_step(env, obs, policies, opts, small_cfg(num_generations=4))
+    assert stats["advantage/abs_mean"] > 0 and "loss/first" in stats
+    after = snapshot(policies)
+    assert all(not torch.equal(before[k], after[k]) for k in before)
