@@ -77,7 +77,6 @@ from llm_coop_envs.writing import (
     WritingEnv,
     finish_levels,
     jaccard,
-    load_writing_tasks,
     tokens,
     transition_categories_present,
     transition_scale,
@@ -145,29 +144,13 @@ class AbstractExpansionEnv(WritingEnv):
         ),
     }
     cues = {"background": "Background and motivation:", "method": "Method and implications:"}
+    bundled_file = "abstracts.jsonl"
+    bundled_text = staticmethod(_abstract_text)
+    hub_sources = HUB_SOURCES
     rubrics = {
         role: OwnTextRubric(128, 256, grounding=1.0, coverage=0.5, diversity=0.5, transitions=0.5)
         for role in ("background", "method")
     }
-
-    def __init__(
-        self,
-        dataset: str = "bundled",
-        *,
-        text_field: str | None = None,
-        max_rows: int | None = 1000,
-        **kwargs: Any,
-    ) -> None:
-        tasks = load_writing_tasks(
-            dataset,
-            bundled_file="abstracts.jsonl",
-            bundled_text=_abstract_text,
-            known_hub=HUB_SOURCES,
-            text_field=text_field,
-            max_rows=max_rows,
-        )
-        super().__init__(tasks, **kwargs)
-        self.dataset = dataset
 
     def joint_levels(self, first: str, second: str) -> dict[str, Any]:
         return abstract_expansion_levels(first, second)

@@ -84,7 +84,6 @@ from llm_coop_envs.writing import (
     WritingEnv,
     finish_levels,
     jaccard,
-    load_writing_tasks,
     tokens,
     transition_categories_present,
     transition_scale,
@@ -149,29 +148,13 @@ class SummarisationEnv(WritingEnv):
         ),
     }
     cues = {"summary": "Concise summary:", "elaboration": "Detailed summary:"}
+    bundled_file = "posts.jsonl"
+    bundled_text = staticmethod(_post_text)
+    hub_sources = HUB_SOURCES
     rubrics = {
         "summary": OwnTextRubric(8, 64, grounding=1.5, coverage=1.0, diversity=0.0, transitions=0.0),
         "elaboration": OwnTextRubric(32, 256, grounding=0.5, coverage=0.5, diversity=1.0, transitions=0.5),
     }
-
-    def __init__(
-        self,
-        dataset: str = "bundled",
-        *,
-        text_field: str | None = None,
-        max_rows: int | None = 1000,
-        **kwargs: Any,
-    ) -> None:
-        tasks = load_writing_tasks(
-            dataset,
-            bundled_file="posts.jsonl",
-            bundled_text=_post_text,
-            known_hub=HUB_SOURCES,
-            text_field=text_field,
-            max_rows=max_rows,
-        )
-        super().__init__(tasks, **kwargs)
-        self.dataset = dataset
 
     def joint_levels(self, first: str, second: str) -> dict[str, Any]:
         return summarisation_levels(first, second)

@@ -160,15 +160,40 @@ class WritingEnv(CoopParallelEnv):
     """Base of the two-agent writing envs: two texts from one source text, one joint score.
 
     Subclasses set ``roles``, ``instructions`` (role -> system text), ``cues`` (role -> the line that
-    ends the user message), ``rubrics`` (role -> :class:`OwnTextRubric`) and implement ``joint_levels``.
+    ends the user message), ``rubrics`` (role -> :class:`OwnTextRubric`), where their data comes from
+    (``bundled_file``, ``bundled_text``, ``hub_sources``) and implement ``joint_levels``.
     """
 
     instructions: Mapping[str, str] = {}
     cues: Mapping[str, str] = {}
     rubrics: Mapping[str, OwnTextRubric] = {}
+    bundled_file: str = ""
+    hub_sources: Mapping[str, HubTextSource] = {}
 
-    def __init__(self, tasks: TaskSet, *, success_threshold: float | None = None, **kwargs: Any) -> None:
+    @staticmethod
+    def bundled_text(record: Record) -> str:
+        """The source text of one record of ``bundled_file``."""
+        raise NotImplementedError
+
+    def __init__(
+        self,
+        dataset: str = "bundled",
+        *,
+        text_field: str | None = None,
+        max_rows: int | None = 1000,
+        success_threshold: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        tasks = load_writing_tasks(
+            dataset,
+            bundled_file=self.bundled_file,
+            bundled_text=self.bundled_text,
+            known_hub=self.hub_sources,
+            text_field=text_field,
+            max_rows=max_rows,
+        )
         super().__init__(tasks, **kwargs)
+        self.dataset = dataset
         if success_threshold is not None and not 0.0 < success_threshold <= 3.0:
             raise ValueError(f"success_threshold must be None or in (0, 3], got {success_threshold!r}")
         self.success_threshold = success_threshold
