@@ -6,6 +6,10 @@
     llm-coop train ... --resume                                                  # continue a killed run
     llm-coop demo                        # MAGRPO vs independent GRPO on coop_writing-v0, before/after table
     llm-coop seeds --seeds 0 1 2 3 4     # the demo's MAGRPO run over several seeds (the +1.0 check)
+    llm-coop train --env single:coop_writing-v0 --max-new-tokens 192    # single-agent GRPO (one model, both parts)
+    llm-coop eval --env coop_coding-v0 --policy runs/c0 --seeds 0 1 2 3 4      # evaluate a run -> leaderboard entry
+    llm-coop eval --env coop_writing-v0 --baseline sequential --model <name or path>   # untrained baseline
+    llm-coop leaderboard build [--check] # regenerate (or check) leaderboards/generated/
     llm-coop build-embedded              # rebuild baselines/embedded_model/ (python -m baselines.embedded build)
 
 `llm-coop train --help` lists every config field (one per flag) with its docstring.
@@ -188,10 +192,28 @@ def _plot_demo(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
+def eval_main(argv: list[str]) -> None:
+    from baselines.evaluation import main as evaluate
+
+    raise SystemExit(evaluate(argv, prog="llm-coop eval"))
+
+
+def leaderboard_main(argv: list[str]) -> None:
+    from baselines.leaderboard import main as leaderboard
+
+    raise SystemExit(leaderboard(argv))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    commands = {"train": train_main, "demo": demo_main, "seeds": seeds_main}
+    commands = {
+        "train": train_main,
+        "demo": demo_main,
+        "seeds": seeds_main,
+        "eval": eval_main,
+        "leaderboard": leaderboard_main,
+    }
     if argv and argv[0] == "build-embedded":
         from baselines.embedded import main as build
 

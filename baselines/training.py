@@ -103,11 +103,12 @@ def _truncate(path: Path, size: int) -> None:
 
 def train(cfg: MAGRPOConfig, algo: str, progress: bool = True, make_env=None) -> dict[str, Any]:
     """Train with `algo` ('magrpo' or 'independent'); returns the summary also written to summary.json.
-    `make_env(id, reward_mode=..., max_turns=..., dataset=...)` defaults to `llm_coop_envs.make`."""
+    `make_env(id, reward_mode=..., max_turns=..., dataset=...)` defaults to `baselines.prompting.make_env`:
+    `llm_coop_envs.make`, plus `single:<id>` (one agent writes both parts: single-agent GRPO)."""
     from tqdm import tqdm
 
     if make_env is None:
-        from llm_coop_envs import make as make_env
+        from baselines.prompting import make_env  # llm_coop_envs.make, plus "single:<id>" (single-agent GRPO)
     make = make_env
 
     from baselines.algorithm import load_algorithm

@@ -193,6 +193,33 @@ def test_eval_of_a_trained_run_directory(tmp_path, finetune):
     assert all(len(m[key]) == 64 for m in models.values())
 
 
+def test_single_agent_grpo_trains_on_the_single_view_and_evaluates_as_single(tmp_path):
+    from baselines.magrpo import MAGRPOConfig
+    from baselines.training import train
+
+    cfg = MAGRPOConfig(
+        env="single:coop_writing-v0", steps=1, num_generations=2, max_new_tokens=6, eval_tasks=1, eval_seeds=1,
+        output_dir=tmp_path / "solo",
+    )  # fmt: skip
+    train(cfg, "magrpo", progress=False)
+    assert (tmp_path / "solo" / "final" / "single").is_dir()
+    result = evaluate(_quick(env="coop_writing-v0", policy=str(tmp_path / "solo"), root=tmp_path))
+    entry = json.loads(result.entry_path.read_text())
+    assert entry["method"]["name"] == "Single-agent GRPO" and entry["method"]["config"]["protocol"] == "single"
+    assert entry["decoding"]["max_new_tokens"] == 16  # both parts: twice the per-agent budget
+
+
+def test_cli_dispatches_eval_and_leaderboard(capsys):
+    from baselines.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["leaderboard", "--help"])
+    assert done.value.code == 0 and "build" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["eval", "--env", "coop_writing-v0"])  # --policy or --baseline is required
+    assert "one of the arguments --policy --baseline is required" in capsys.readouterr().err
+
+
 def test_cli_flags_and_errors():
     cfg = config_from_args(["--env", "coop_coding-v0", "--policy", "runs/c0", "--seeds", "0", "1", "2", "3", "4"])
     assert cfg.seeds == (0, 1, 2, 3, 4) and cfg.policy == "runs/c0"
