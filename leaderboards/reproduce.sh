@@ -3,10 +3,13 @@
 #
 #   bash leaderboards/reproduce.sh            # everything (train + eval), 2 jobs at a time
 #   PHASES="eval build" bash leaderboards/reproduce.sh   # only re-evaluate existing runs
+#   PHASES=list bash leaderboards/reproduce.sh           # print the training runs (algo env dir steps seed)
 #
 # Settings (environment variables): SEEDS (default "0 1 2 3 4"), JOBS (parallel one-thread jobs, 2),
 # RUNS (run directories, runs/lb), WRITING_STEPS (100), SHORT_STEPS (20: abstract expansion and coding,
 # where the ~1M embedded model cannot reach the 128-token length gate nor write working code).
+# Single-agent GRPO = MAGRPO on the env's single-agent view (`--env single:<id>`, baselines/prompting.py)
+# with 192 new tokens (both parts in one response).
 # Every trained run uses the preset embedded-demo (LEARNING_ON_CPU.md) with its step count overridden;
 # the evaluation of every method uses the same decoding (temperature 1.0, 96 new tokens per agent).
 set -euo pipefail
@@ -18,7 +21,7 @@ WRITING_STEPS=${WRITING_STEPS:-100}
 SHORT_STEPS=${SHORT_STEPS:-20}
 PHASES=${PHASES:-"train eval build"}
 ENVS=${ENVS:-"coop_writing-v0 coop_abstract_expansion-v0 coop_coding-v0"}
-TRAIN_ENVS=${TRAIN_ENVS:-"coop_writing-v0"}  # trained rows; add the others for short runs (see README)
+TRAIN_ENVS=${TRAIN_ENVS:-"$ENVS"}  # envs that get trained rows
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python}
 
@@ -48,6 +51,8 @@ train_one() {  # skips runs that finished; records wall time in <run>.seconds
 }
 export -f train_one
 export PY
+
+if [[ " $PHASES " == *" list "* ]]; then train_jobs; fi  # PHASES=list: print the training runs
 
 if [[ " $PHASES " == *" train "* ]]; then
   train_jobs | xargs -P "$JOBS" -L 1 bash -c 'train_one "$@"' _
