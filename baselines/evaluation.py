@@ -351,9 +351,8 @@ def _method(cfg: EvalConfig, source: PolicySource) -> dict[str, Any]:
     name = cfg.method_name or ("Single-agent GRPO" if single else _ALGO_NAME.get(algo, algo))
     steps = run.get("steps")
     config = {"protocol": source.protocol, "algo": algo, "train_steps": steps, "train_env": run.get("env")}
-    for key in ("lr", "num_generations", "max_new_tokens", "temperature", "finetune", "advantage_mode"):
-        if key in run:
-            config[key] = run[key]
+    # the full training config of the run (what `llm-coop train` wrote to config.json), seed and directory aside
+    config["train_config"] = {k: v for k, v in sorted(run.items()) if k not in ("seed", "output_dir", "resume")}
     description = f"{name} trained by `llm-coop train` for {steps} steps per seed (run: {cfg.policy})."
     return {"name": name, "family": _FAMILY.get(algo, "joint-reward"), "description": description, "config": config}
 
