@@ -152,6 +152,7 @@ class Algorithm(ABC):
             adv_abs += [float(a.abs().mean()) for a in advantages.values()]
             stats.update(self._update(policies, optimizers, group, advantages, cfg))
         stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
+        assert root.returns is not None  # filled by compute_tree_returns above
         stats["return/root_mean"] = float(root.returns.mean())
         return stats
 

@@ -101,7 +101,8 @@ def _launch(algo: str, steps: int, seed: int, out: Path, env: str) -> subprocess
 
 
 def _run_all(jobs: list[tuple[str, int, Path]], steps: int, env: str, parallel: int) -> None:
-    pending, running = list(jobs), []
+    pending = list(jobs)
+    running: list[tuple[subprocess.Popen[bytes], Path]] = []
     while pending or running:
         while pending and len(running) < parallel:
             algo, seed, out = pending.pop(0)

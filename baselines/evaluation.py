@@ -273,7 +273,7 @@ def run_protocol(
     raise ValueError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
 
 
-def _score_all(env: CoopParallelEnv, items: list[tuple[Task, Mapping[str, str]]]) -> list[Score]:
+def _score_all(env: CoopParallelEnv, items: Sequence[tuple[Task, Mapping[str, str]]]) -> list[Score]:
     score_many = getattr(env, "score_many", None)
     if callable(score_many):
         return list(score_many(items))

@@ -119,7 +119,8 @@ class Policies:
                 module, tok = loaded[name]
             else:
                 tok = load_tokenizer(name)
-                module = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device)
+                module = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+                module.to(device)  # type: ignore[arg-type]  # transformers' decorator mis-types `to`
                 if module.config.pad_token_id is None:
                     module.config.pad_token_id = tok.pad_token_id
             eos = eos_ids_of(module, tok)

@@ -71,15 +71,18 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
 
 def walk(node: Node) -> list[Node]:
     """All nodes of a tree, root first (breadth-first)."""
-    out, frontier = [], [node]
+    out: list[Node] = []
+    frontier = [node]
     while frontier:
         out.extend(frontier)
-        frontier = [c for n in frontier for c in n.children if c is not None]
+        frontier = [c for n in frontier for c in n.children if isinstance(c, Node)]
     return out
 
 
 def node_stats(root: Node, nodes: list[Node]) -> dict[str, Any]:
     """Reward and response statistics of one training step (root = the first turn)."""
+    if root.joint_rewards is None:
+        raise ValueError("node_stats needs a node built by rollout_tree (joint_rewards is missing)")
     stats: dict[str, Any] = {
         "reward/joint_mean": float(root.joint_rewards.mean()),
         "reward/joint_max": float(root.joint_rewards.max()),

@@ -20,6 +20,7 @@ import io
 import re
 import textwrap
 import tokenize
+import warnings
 from dataclasses import dataclass
 
 __all__ = [
@@ -34,6 +35,14 @@ __all__ = [
     "prompt_imports",
     "strip_fences",
 ]
+
+
+def _parse(source: str) -> ast.Module:
+    """``ast.parse`` without the SyntaxWarnings that model-written code triggers (e.g. ``1if``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return ast.parse(source)
+
 
 _FENCE = re.compile(r"^\s*(```|~~~)[\w+.#-]*\s*$")
 _DEF = re.compile(r"^(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(")
@@ -61,7 +70,7 @@ def extract_functions(text: str) -> list[FunctionBlock]:
     cleaned = textwrap.dedent(strip_fences(text))
     lines = cleaned.splitlines()
     try:
-        tree = ast.parse(cleaned)
+        tree = _parse(cleaned)
     except (SyntaxError, ValueError):
         return _segment_functions(lines)
     blocks = []
@@ -126,7 +135,7 @@ def _first_parsing(lines: list[str], start: int, end: int, limit: int) -> tuple[
     for stop in reversed([end, *later]):
         source = "\n".join(lines[start:stop]).rstrip()
         try:
-            tree = ast.parse(source)
+            tree = _parse(source)
         except (SyntaxError, ValueError):
             continue
         if len(tree.body) == 1 and isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -154,7 +163,7 @@ def _mentions_return(source: str) -> bool:
 def prompt_imports(prompt: str) -> list[str]:
     """The top-level ``import``/``from ... import`` statements of a task prompt (trusted data)."""
     try:
-        tree = ast.parse(prompt)
+        tree = _parse(prompt)
     except SyntaxError:
         return [line for line in prompt.splitlines() if re.match(r"^(import\s|from\s+\S+\s+import\s)", line)]
     imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
@@ -171,7 +180,7 @@ def extract_asserts(test_code: str, entry_point: str) -> tuple[str, ...]:
     could never pass). Raises ``ValueError`` when ``check`` is missing and ``SyntaxError`` when the test code
     does not parse.
     """
-    tree = ast.parse(test_code)
+    tree = _parse(test_code)
     check = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
     if check is None or not check.args.args:
         raise ValueError("the test code defines no function check(candidate)")
@@ -201,7 +210,7 @@ class Cooperation:
 
 def cooperation(program: str, entry_point: str) -> Cooperation:
     """Analyse the LAST top-level definition of ``entry_point`` in a program that parses."""
-    tree = ast.parse(program)
+    tree = _parse(program)
     mains = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point]
     if not mains:
         return Cooperation(False, False, False)
@@ -251,7 +260,7 @@ class SyntaxProblem:
 def locate_syntax_error(program: str) -> SyntaxProblem | None:
     """The syntax error ``ast.parse`` reports for ``program``, or ``None`` when it parses."""
     try:
-        ast.parse(program)
+        _parse(program)
     except SyntaxError as error:
         return SyntaxProblem(error.msg, error.lineno or 0, error.offset or 0)
     except ValueError as error:  # e.g. a NUL byte in the source
