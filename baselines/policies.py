@@ -20,11 +20,12 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from baselines.embedded import EMBEDDED_DIR
+from baselines.fastdecode import LeanDecoder
 from baselines.objectives import completion_mask, completion_token_logprobs
 
 Finetune = Literal["lora", "full"]
@@ -290,21 +291,65 @@ def _pick(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor,
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
+class _ReservedLayer:
+    """Replaces the concatenation of a `DynamicLayer` (a full copy of the cache at every decoded token) by
+    writes into a buffer reserved once; keys/values handed to attention are views of its filled part, with
+    the same values as the concatenated tensors."""
+
+    @staticmethod
+    def reserve(layer: Any, extra: int) -> None:
+        from transformers.cache_utils import DynamicLayer
+
+        if type(layer) is not DynamicLayer or not layer.is_initialized:
+            return  # anything else keeps its own update
+        for name in ("keys", "values"):
+            cached: torch.Tensor = layer.__dict__[name]
+            B, H, L, D = cached.shape
+            buf = cached.new_empty(B, H, L + extra, D)
+            buf[:, :, :L] = cached
+            layer.__dict__[name] = buf[:, :, :L]
+            layer.__dict__[f"_{name}_buf"] = buf
+        layer.__dict__["_filled"] = L
+        layer.__dict__["update"] = _ReservedLayer.update.__get__(layer)  # this instance only
+
+    @staticmethod
+    def update(layer: Any, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        start, stop = layer._filled, layer._filled + key_states.shape[-2]
+        if stop > layer._keys_buf.shape[2]:  # beyond the reservation: grow as DynamicLayer does
+            layer._keys_buf = torch.cat([layer.keys, key_states], dim=-2)
+            layer._values_buf = torch.cat([layer.values, value_states], dim=-2)
+        else:
+            layer._keys_buf[:, :, start:stop] = key_states
+            layer._values_buf[:, :, start:stop] = value_states
+        layer._filled = stop
+        layer.keys, layer.values = layer._keys_buf[:, :, :stop], layer._values_buf[:, :, :stop]
+        return layer.keys, layer.values
+
+
 @torch.no_grad()
 def sample(
     module, ids, attn, repeats: int, sampling: SamplingConfig, eos_ids: list[int], pad_id: int, adapter_names=None
 ):
     """KV-cached sampling: prefill the R distinct prompts once, repeat the cache `repeats` times, decode
     until every row has emitted an EOS or the budget is spent; rows are padded with `pad_id` after their
-    EOS. Returns sequences (R*G, P+T) and the sampling log-prob of every generated token (R*G, T)."""
+    EOS. Returns sequences (R*G, P+T) and the sampling log-prob of every generated token (R*G, T). The cache
+    and the attention mask are reserved for the whole budget once (no per-token copies)."""
     kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
     out = module(
         input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1, **kw
     )
     cache = out.past_key_values
     cache.batch_repeat_interleave(repeats)
+    lean = None
+    if adapter_names is None and bool(attn.all()) and LeanDecoder.supports(module):
+        lean = LeanDecoder(module, cache, sampling.max_new_tokens)  # same logits, less Python per token
+    else:
+        for layer in getattr(cache, "layers", []):
+            _ReservedLayer.reserve(layer, sampling.max_new_tokens)
     logits = out.logits[:, -1].repeat_interleave(repeats, dim=0)  # (B, V)
     attn = attn.repeat_interleave(repeats, dim=0)  # (B, P)
+    P = attn.shape[1]
+    full_attn = torch.cat([attn, attn.new_ones(attn.shape[0], sampling.max_new_tokens)], dim=1)  # (B, P+T)
     pos = _positions(attn)[:, -1:] + 1  # (B, 1)
     if adapter_names is not None:
         kw = {"adapter_names": [n for n in adapter_names for _ in range(repeats)]}
@@ -319,9 +364,17 @@ def sample(
         finished |= torch.isin(tok, eos)
         if bool(finished.all()) or t == sampling.max_new_tokens - 1:
             break
-        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        if lean is not None:
+            logits = lean.step(tok, pos)
+            pos = pos + 1
+            continue
         out = module(
-            input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **kw
+            input_ids=tok[:, None],
+            attention_mask=full_attn[:, : P + t + 1],
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            **kw,
         )
         pos = pos + 1
         logits = out.logits[:, -1]
