@@ -341,8 +341,10 @@ def sample(
     cache = out.past_key_values
     cache.batch_repeat_interleave(repeats)
     lean = None
-    if adapter_names is None and bool(attn.all()) and LeanDecoder.supports(module):
-        lean = LeanDecoder(module, cache, sampling.max_new_tokens)  # same logits, less Python per token
+    if LeanDecoder.supports(module):  # same logits (LoRA: up to rounding), less Python per token
+        names = None if adapter_names is None else [n for n in adapter_names for _ in range(repeats)]
+        padded = None if bool(attn.all()) else attn.repeat_interleave(repeats, dim=0)
+        lean = LeanDecoder(module, cache, sampling.max_new_tokens, names, padded)
     else:
         for layer in getattr(cache, "layers", []):
             _ReservedLayer.reserve(layer, sampling.max_new_tokens)
