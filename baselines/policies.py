@@ -239,7 +239,12 @@ class Policies:
             sl = slice(start, start + len(prompts[agent]) * repeats)
             completion = seqs[sl, ids.shape[1] :]
             texts = self._decode(agent, completion, mask[sl])
-            result[agent] = Completions(seqs[sl], attn[sl], mask[sl], texts, sample_lp[sl], len(prompts[agent]) == 1)
+            # drop the left-padding columns no row of this agent needs (its prompts are shorter than another
+            # agent's in the shared batch): scoring then runs on this agent's own prompt width
+            cut = int(attn[sl].argmax(dim=1).min()) if bool(attn[sl].any(dim=1).all()) else 0
+            result[agent] = Completions(
+                seqs[sl, cut:], attn[sl, cut:], mask[sl], texts, sample_lp[sl], len(prompts[agent]) == 1
+            )
             start = sl.stop
         return result
 
