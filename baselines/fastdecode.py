@@ -155,8 +155,10 @@ class LeanDecoder:
             q = self._apply(h, lin[0]).view(shape).transpose(1, 2)
             k = self._apply(h, lin[1]).view(shape).transpose(1, 2)
             v = self._apply(h, lin[2]).view(shape).transpose(1, 2)
-            q = (q * cos) + (self._rotate_half(q) * sin)
-            k = (k * cos) + (self._rotate_half(k) * sin)
+            # rotary embedding of q and k in one pass (element-wise, so the same values as one at a time)
+            qk = torch.cat((q, k), dim=1)
+            qk = (qk * cos) + (self._rotate_half(qk) * sin)
+            q, k = qk[:, : q.shape[1]], qk[:, q.shape[1] :]
             kbuf[:, :, start:stop] = k
             vbuf[:, :, start:stop] = v
             if mask is None:

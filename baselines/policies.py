@@ -282,7 +282,9 @@ def _pick(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor,
     if sampling.temperature == 0:
         tok = logits.argmax(dim=-1)
         return tok, torch.log_softmax(logits.float(), -1).gather(-1, tok[:, None]).squeeze(-1)
-    logits = logits.float() / sampling.temperature
+    logits = logits.float()
+    if sampling.temperature != 1.0:  # dividing by 1 changes nothing
+        logits = logits / sampling.temperature
     if sampling.top_k:
         kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -331,14 +333,20 @@ class _ReservedLayer:
         return layer.keys, layer.values
 
 
-@torch.no_grad()
 def sample(
     module, ids, attn, repeats: int, sampling: SamplingConfig, eos_ids: list[int], pad_id: int, adapter_names=None
 ):
     """KV-cached sampling: prefill the R distinct prompts once, repeat the cache `repeats` times, decode
     until every row has emitted an EOS or the budget is spent; rows are padded with `pad_id` after their
     EOS. Returns sequences (R*G, P+T) and the sampling log-prob of every generated token (R*G, T). The cache
-    and the attention mask are reserved for the whole budget once (no per-token copies)."""
+    and the attention mask are reserved for the whole budget once (no per-token copies); everything runs in
+    inference mode (less per-operation overhead; the results are copied out as ordinary tensors)."""
+    with torch.inference_mode():
+        seqs, logps = _sample(module, ids, attn, repeats, sampling, eos_ids, pad_id, adapter_names)
+    return seqs.clone(), logps.clone()
+
+
+def _sample(module, ids, attn, repeats, sampling, eos_ids, pad_id, adapter_names):
     kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
     out = module(
         input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1, **kw
