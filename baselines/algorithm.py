@@ -179,6 +179,7 @@ class Algorithm(ABC):
                 else:
                     grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
                 opt.step()
+                opt.zero_grad(set_to_none=True)  # free the gradients now: the next agent's update needs the memory
                 stats[f"loss/{agent}"] = float(loss.detach())
                 stats[f"grad_norm/{agent}"] = float(grad_norm)
                 stats[f"logprob/{agent}_mean"] = float(masked_sum(token_lp.detach(), samples.mask).mean())
