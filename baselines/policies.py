@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from baselines.embedded import EMBEDDED_DIR
-from baselines.fastdecode import LeanDecoder
+from baselines.fastdecode import LeanDecoder, _base_of
 from baselines.objectives import completion_mask, completion_token_logprobs
 
 Finetune = Literal["lora", "full"]
@@ -397,21 +397,40 @@ def _sample(module, ids, attn, repeats, sampling, eos_ids, pad_id, adapter_names
     return seqs, torch.stack(logps, dim=1)
 
 
+def _prompt_forward(module, ids: torch.Tensor):
+    """The prompt's last logits and its KV cache. With grad, the prompt's activations are not kept for the
+    backward pass but recomputed there (activation checkpointing: the same values and gradients, less peak
+    memory, one more prompt forward per update)."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers.cache_utils import DynamicCache
+
+    layer_types = getattr(_base_of(module).config, "layer_types", None) or []
+    if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
+        out = module(input_ids=ids, use_cache=True, logits_to_keep=1)
+        return out.logits, out.past_key_values
+
+    def run(ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = module(input_ids=ids, use_cache=True, logits_to_keep=1)
+        return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+
+    logits, *kv = checkpoint(run, ids, use_reentrant=False)
+    return logits, DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2], strict=True)))
+
+
 def score(module, c: Completions) -> torch.Tensor:  # (B, T)
     """Token log-probs of the completions under `module`. When every row answers the same prompt, the
     prompt is run once and its KV cache shared by the rows (same result as the full forward)."""
     P, T = c.prompt_width, c.sequences.shape[1] - c.prompt_width
     if c.shared_prompt and bool(c.prompt_mask.all()):
         B = c.sequences.shape[0]
-        out = module(input_ids=c.sequences[:1, :P], use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        prompt_logits, cache = _prompt_forward(module, c.sequences[:1, :P])
         cache.batch_repeat_interleave(B)
         attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
         pos = torch.arange(P, P + T, device=attn.device).expand(B, T)
         rest = module(
             input_ids=c.sequences[:, P:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=False
         )
-        logits = torch.cat([out.logits[:, -1:].expand(B, 1, -1), rest.logits[:, :-1]], dim=1)  # (B, T, V)
+        logits = torch.cat([prompt_logits[:, -1:].expand(B, 1, -1), rest.logits[:, :-1]], dim=1)  # (B, T, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(-1, c.sequences[:, P:, None]).squeeze(-1)
     attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
