@@ -1,20 +1,25 @@
-"""A lean one-token decoding step for Qwen2-architecture models (the embedded model's), used by sampling.
+"""A lean one-token decoding step that serves several agents' models in one batched loop (Qwen2 architecture).
 
-Decoding one token through the Hugging Face module stack costs more in Python (module calls, config look-ups,
-mask and cache bookkeeping) than in arithmetic at small sizes. `LeanDecoder` runs the same torch operations
-in the same order on the module's own weights (RMSNorm, q/k/v projections with bias, rotary embedding,
-grouped-query SDPA, o projection, SiLU-gated MLP, final norm, LM head), so for a plain model without padding
-its logits are bit-identical to the module's (tested); it keeps the keys and values in buffers reserved once
-for the whole token budget.
+Decoding one token through the Hugging Face module stack costs far more in Python and per-operation
+overhead than in arithmetic at small sizes, and n agents with n different weight sets would each need their
+own loop. `StackedDecoder` instead keeps, for every layer, the agents' weights stacked along a leading agent
+axis, so that one `torch.baddbmm` applies each agent's weights to its own rows:
 
-With PEFT LoRA adapters on one frozen base (one adapter per agent), every row of the batch gets its own
-adapter as a batched low-rank update: y = x W^T + b + (x A_row^T)(B_row^T * scale_row) with the rows' A/B
-matrices stacked once per sampling call (torch.bmm), instead of PEFT's split of the batch by adapter. The
-result equals PEFT's up to float rounding (the order of the scale multiplication differs). With left
-padding, the padding positions are masked out of attention as the module does (boolean mask, GQA packed).
+- rows are agent-major, the same number R per agent: the batch is (A agents, R rows, features);
+- full fine-tuning: each agent's own weights are stacked; LoRA on a shared base: each agent's adapter is
+  merged into a copy of the base weights (W + scale * B A, computed once per sampling call, no grad);
+- q, k and v are one fused projection (bias included), as are the MLP's gate and up projections; the
+  residual additions are fused into the output projections (`baddbmm(x, h, W)`);
+- attention at one query token runs as two small matrix products with a softmax between, the query heads
+  of each KV head packed as its queries (grouped-query attention without repeating K/V), and an additive
+  mask for the left padding that aligns prompts of different lengths (each agent's own, and across agents);
+- keys and values go into buffers reserved once for the whole token budget;
+- rotary embeddings come from a cos/sin table built once per call.
 
-It serves a plain or LoRA-wrapped `Qwen2ForCausalLM` with SDPA attention, default RoPE, no sliding window;
-`LeanDecoder.supports` says whether it applies, anything else decodes through the module.
+The logits equal the module's up to float rounding (tested against each agent's module). The decoder copies
+the weights it stacks; `StackedDecoder.supports` refuses (and the caller decodes through the module) when the
+copy would exceed `STACK_BYTES_LIMIT`, or for anything but a plain or LoRA-wrapped `Qwen2ForCausalLM` with
+SDPA attention, default RoPE and no sliding window.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+STACK_BYTES_LIMIT = 1 << 30
+"""Most bytes of weights the decoder copies for one sampling call (beyond it: decode through the module)."""
 
 
 def _base_of(module) -> Any:
@@ -44,11 +52,52 @@ def _plain_lora(lin) -> bool:
     )
 
 
-class LeanDecoder:
-    """Decodes one token at a time on a prefilled KV cache (a transformers `DynamicCache`)."""
+def _attn_linears(a) -> tuple:
+    return a.q_proj, a.k_proj, a.v_proj, a.o_proj
+
+
+def _mlp_linears(mlp) -> tuple:
+    return mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+
+def _shape_of(module) -> tuple:
+    """What must match for two models' weights to be stacked."""
+    cfg = _base_of(module).config
+    names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    rope = (cfg.rope_parameters or {}).get("rope_theta", getattr(cfg, "rope_theta", None))
+    return (*(getattr(cfg, n) for n in names), cfg.vocab_size, cfg.rms_norm_eps, rope, _head_dim(module))
+
+
+def _head_dim(module) -> int:
+    return _base_of(module).model.layers[0].self_attn.head_dim
+
+
+def _dense(lin, adapter: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (out, in), bias) of a Linear or of a LoRA Linear with `adapter` merged in (no grad)."""
+    if isinstance(lin, torch.nn.Linear):
+        return lin.weight, lin.bias
+    base = lin.base_layer
+    if adapter is None:
+        raise ValueError("a LoRA-wrapped model needs the adapter of its rows")
+    delta = (lin.lora_B[adapter].weight @ lin.lora_A[adapter].weight) * lin.scaling[adapter]
+    return base.weight + delta, base.bias
+
+
+def _stack(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per agent a list of (weight, bias) of projections that share an input -> W^T (A, in, sum out), bias."""
+    w = torch.stack([torch.cat([wb[0] for wb in agent]) for agent in parts]).transpose(1, 2).contiguous()
+    if all(wb[1] is None for agent in parts for wb in agent):
+        return w, None
+    biases = [[wb[1] if wb[1] is not None else wb[0].new_zeros(wb[0].shape[0]) for wb in agent] for agent in parts]
+    return w, torch.stack([torch.cat(b) for b in biases])[:, None, :]  # (A, 1, out)
+
+
+class StackedDecoder:
+    """Decodes one token at a time for A agents x R rows (agent-major) on their prefilled KV caches."""
 
     @staticmethod
     def supports(module) -> bool:
+        """Whether this model (plain or PEFT LoRA) can be served by the decoder."""
         base = _base_of(module)
         cfg: Any = getattr(base, "config", None)
         if not (
@@ -68,135 +117,118 @@ class LeanDecoder:
                     return False
         return isinstance(base.lm_head, torch.nn.Linear) and isinstance(base.model.embed_tokens, torch.nn.Embedding)
 
-    def __init__(self, module, cache, extra: int, adapter_names: Sequence[str] | None = None, attn=None):
-        """`adapter_names`: the LoRA adapter of every row (None: the plain model); `attn` (B, P): the prompt's
-        attention mask when it has padding (None: no padding)."""
-        m = _base_of(module).model
+    @staticmethod
+    def can_stack(modules: Sequence) -> bool:
+        """Whether these agents' models (one per agent, possibly the same object) decode in one loop."""
+        if not all(StackedDecoder.supports(m) for m in modules):
+            return False
+        if len({_shape_of(m) for m in modules}) != 1:
+            return False
+        size = sum(p.numel() * p.element_size() for p in _base_of(modules[0]).parameters())
+        return size * len(modules) <= STACK_BYTES_LIMIT
+
+    def __init__(
+        self, modules: Sequence, adapters: Sequence[str | None], caches: Sequence, attns: Sequence, extra: int
+    ):
+        """`modules`/`adapters`: each agent's model and LoRA adapter (None: plain); `caches`: each agent's
+        prefilled cache (R rows); `attns`: each agent's prompt attention mask (R, P_a); `extra`: token budget."""
+        self.A, self.R = len(modules), attns[0].shape[0]
+        if any(a.shape[0] != self.R for a in attns):
+            raise ValueError("every agent needs the same number of rows")
+        bases = [_base_of(m) for m in modules]
+        cfg = bases[0].config
+        self.H, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(modules[0])
+        self.I, self.eps = cfg.intermediate_size, cfg.rms_norm_eps
+        self.scale = bases[0].model.layers[0].self_attn.scaling
+        self.width = max(a.shape[1] for a in attns)  # prompts right-aligned at this column
+        self._weights(bases, adapters)
+        self._buffers(caches, attns, extra)
+        self._rotary(bases[0].model.rotary_emb, self.width + extra + 1, attns[0].device)
+        self.filled = self.width
+
+    def _weights(self, bases: list, adapters: Sequence[str | None]) -> None:
         self.layers = []
-        for layer, cached in zip(m.layers, cache.layers, strict=True):
-            a = layer.self_attn
-            B, H, L, D = cached.keys.shape
-            kbuf = cached.keys.new_empty(B, H, L + extra, D)
-            vbuf = cached.values.new_empty(B, H, L + extra, cached.values.shape[-1])
-            kbuf[:, :, :L] = cached.keys
-            vbuf[:, :, :L] = cached.values
-            mlp, n1, n2 = layer.mlp, layer.input_layernorm, layer.post_attention_layernorm
-            lin = [self._linear(x, adapter_names) for x in (*_attn_linears(a), *_mlp_linears(mlp))]
-            weights = (
-                lin,
-                (a.scaling, a.num_key_value_groups),
-                (n1.weight, n1.variance_epsilon, n2.weight, n2.variance_epsilon),
+        for i in range(len(bases[0].model.layers)):
+            per_agent = [(b.model.layers[i], name) for b, name in zip(bases, adapters, strict=True)]
+            attn = [[_dense(lin, n) for lin in _attn_linears(layer.self_attn)] for layer, n in per_agent]
+            mlp = [[_dense(lin, n) for lin in _mlp_linears(layer.mlp)] for layer, n in per_agent]
+            norms = [torch.stack([getattr(layer, k).weight for layer, _ in per_agent])[:, None, :] for k in
+                     ("input_layernorm", "post_attention_layernorm")]  # fmt: skip
+            self.layers.append(
+                (
+                    _stack([a[:3] for a in attn]),  # fused q, k, v
+                    _stack([a[3:] for a in attn])[0],  # o (no bias in Qwen2)
+                    _stack([m[:2] for m in mlp])[0],  # fused gate, up
+                    _stack([m[2:] for m in mlp])[0],  # down
+                    norms,
+                )
             )
-            self.layers.append((weights, kbuf, vbuf))
-        self.filled = L
-        self.mask = None
-        if attn is not None:  # (B, 1, 1, P + extra) boolean, True where a row may attend
-            full = torch.cat([attn, attn.new_ones(attn.shape[0], extra)], dim=1).bool()
-            self.mask = full[:, None, None, :]
-        base = _base_of(module)
-        self.embed = m.embed_tokens.weight
-        self.norm = (m.norm.weight, m.norm.variance_epsilon)
-        self.head = base.lm_head.weight
-        self.inv_freq = m.rotary_emb.inv_freq
-        self.scaling = m.rotary_emb.attention_scaling
-        self.head_dim = m.layers[0].self_attn.head_dim
+        embed = torch.stack([b.model.embed_tokens.weight for b in bases])  # (A, V, h)
+        self.vocab = embed.shape[1]
+        self.embed = embed.reshape(-1, embed.shape[2])  # (A*V, h): agent a's token t is row a*V + t
+        self.offset = (torch.arange(self.A, device=embed.device) * self.vocab).repeat_interleave(self.R)  # (B,)
+        self.head = torch.stack([b.lm_head.weight for b in bases]).transpose(1, 2)  # (A, h, V)
+        self.norm = torch.stack([b.model.norm.weight for b in bases])[:, None, :]
 
-    @staticmethod
-    def _linear(lin, adapter_names: Sequence[str] | None):
-        """(weight, bias, per-row LoRA (A^T (B, in, r), scale * B^T (B, r, out)) or None)."""
-        if isinstance(lin, torch.nn.Linear):
-            return lin.weight, lin.bias, None
-        base = lin.base_layer
-        if not adapter_names:
-            raise ValueError("a LoRA-wrapped model needs the adapter of every row")
-        with torch.no_grad():
-            cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            for n in set(adapter_names):
-                cache[n] = (lin.lora_A[n].weight.t(), lin.lora_B[n].weight.t() * lin.scaling[n])
-            a_rows = torch.stack([cache[n][0] for n in adapter_names])
-            b_rows = torch.stack([cache[n][1] for n in adapter_names])
-        return base.weight, base.bias, (a_rows, b_rows)
+    def _buffers(self, caches: Sequence, attns: Sequence, extra: int) -> None:
+        """One (B, Hkv, width + extra, D) key and value buffer per layer, prompts right-aligned; the additive
+        mask (B * Hkv, 1, width + extra) that hides the padding."""
+        B, L = self.A * self.R, self.width + extra
+        ref = caches[0].layers[0].keys
+        self.kv = []
+        for i in range(len(caches[0].layers)):
+            k = ref.new_zeros(B, self.Hkv, L, self.D)
+            v = ref.new_zeros(B, self.Hkv, L, self.D)
+            for a, cache in enumerate(caches):
+                rows, P = slice(a * self.R, (a + 1) * self.R), cache.layers[i].keys.shape[2]
+                k[rows, :, self.width - P : self.width] = cache.layers[i].keys
+                v[rows, :, self.width - P : self.width] = cache.layers[i].values
+            self.kv.append((k, v))
+        allowed = torch.ones(B, L, dtype=torch.bool, device=ref.device)
+        allowed[:, : self.width] = torch.cat([F.pad(a.bool(), (self.width - a.shape[1], 0)) for a in attns])
+        mask = torch.zeros(B, L, dtype=ref.dtype, device=ref.device).masked_fill(~allowed, float("-inf"))
+        self.mask = mask[:, None, None, :].expand(B, self.Hkv, 1, L).reshape(B * self.Hkv, 1, L)
 
-    @staticmethod
-    def _apply(x: torch.Tensor, lin) -> torch.Tensor:  # (B, 1, in) -> (B, 1, out)
-        w, b, lora = lin
-        y = F.linear(x, w, b)
-        if lora is not None:
-            y = y + torch.bmm(torch.bmm(x, lora[0]), lora[1])
-        return y
+    def _rotary(self, rotary, positions: int, device) -> None:
+        """cos/sin (positions, D) and the signed permutation R with x @ R = rotate_half(x) (exact)."""
+        freqs = torch.arange(positions, device=device, dtype=torch.float)[:, None] * rotary.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        dtype = self.embed.dtype
+        self.cos = (emb.cos() * rotary.attention_scaling).to(dtype)
+        self.sin = (emb.sin() * rotary.attention_scaling).to(dtype)
+        half = self.D // 2
+        rot = torch.zeros(self.D, self.D, dtype=dtype, device=device)
+        idx = torch.arange(half, device=device)
+        rot[idx + half, idx] = -1.0
+        rot[idx, idx + half] = 1.0
+        self.rot = rot
 
-    @staticmethod
-    def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        variance = x.pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(variance + eps)
-        return weight * x.to(dtype)
-
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype) * weight
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (B,), (B, 1) -> (B, V)
-        """Logits of the next token after appending `tokens` at `positions`."""
-        B = tokens.shape[0]
-        x = F.embedding(tokens[:, None], self.embed)  # (B, 1, h)
-        freqs = positions[..., None].float() * self.inv_freq.to(dtype=torch.float)  # (B, 1, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.scaling).to(x.dtype).unsqueeze(1)  # (B, 1, 1, D)
-        sin = (emb.sin() * self.scaling).to(x.dtype).unsqueeze(1)
-        start, stop = self.filled, self.filled + 1
-        shape = (B, 1, -1, self.head_dim)
-        mask = None if self.mask is None else self.mask[..., :stop]
-        for (lin, (scale, groups), (n1, e1, n2, e2)), kbuf, vbuf in self.layers:
-            residual = x
-            h = self._rms(x, n1, e1)
-            q = self._apply(h, lin[0]).view(shape).transpose(1, 2)
-            k = self._apply(h, lin[1]).view(shape).transpose(1, 2)
-            v = self._apply(h, lin[2]).view(shape).transpose(1, 2)
-            # rotary embedding of q and k in one pass (element-wise, so the same values as one at a time)
-            qk = torch.cat((q, k), dim=1)
-            qk = (qk * cos) + (self._rotate_half(qk) * sin)
-            q, k = qk[:, : q.shape[1]], qk[:, q.shape[1] :]
-            kbuf[:, :, start:stop] = k
-            vbuf[:, :, start:stop] = v
-            if mask is None:
-                o = F.scaled_dot_product_attention(
-                    q,
-                    kbuf[:, :, :stop],
-                    vbuf[:, :, :stop],
-                    attn_mask=None,
-                    dropout_p=0.0,
-                    scale=scale,
-                    is_causal=False,
-                    enable_gqa=groups > 1,
-                )
-            else:  # one query token: pack the query heads of each KV head as its queries
-                qp = q.reshape(B, -1, groups, self.head_dim) if groups > 1 else q
-                o = F.scaled_dot_product_attention(
-                    qp,
-                    kbuf[:, :, :stop],
-                    vbuf[:, :, :stop],
-                    attn_mask=mask,
-                    dropout_p=0.0,
-                    scale=scale,
-                    is_causal=False,
-                )
-            o = o.reshape(B, -1, 1, self.head_dim).transpose(1, 2).contiguous()
-            o = o.reshape(B, 1, -1).contiguous()
-            x = residual + self._apply(o, lin[3])
-            residual = x
-            h = self._rms(x, n2, e2)
-            x = residual + self._apply(F.silu(self._apply(h, lin[4])) * self._apply(h, lin[5]), lin[6])
+        """Logits of the next token after appending `tokens` at `positions` (each row's own position)."""
+        A, R, H, Hkv, D = self.A, self.R, self.H, self.Hkv, self.D
+        B = A * R
+        x = F.embedding(tokens + self.offset, self.embed).view(A, R, -1)
+        cos, sin = self.cos[positions[:, 0]][:, None, :], self.sin[positions[:, 0]][:, None, :]  # (B, 1, D)
+        stop = self.filled + 1
+        mask = self.mask[..., :stop]
+        for ((wqkv, bqkv), wo, wgu, wd, (n1, n2)), (kbuf, vbuf) in zip(self.layers, self.kv, strict=True):
+            h = self._rms(x, n1)
+            qkv = (torch.baddbmm(bqkv, h, wqkv) if bqkv is not None else torch.bmm(h, wqkv)).view(B, H + 2 * Hkv, D)
+            qk = qkv[:, : H + Hkv]
+            qk = torch.addcmul(qk * cos, qk @ self.rot, sin)  # rotary embedding of q and k together
+            kbuf[:, :, stop - 1] = qk[:, H:]
+            vbuf[:, :, stop - 1] = qkv[:, H + Hkv :]
+            q = qk[:, :H].reshape(B * Hkv, H // Hkv, D)  # the query heads of each KV head as its queries
+            keys = kbuf.view(B * Hkv, -1, D)[:, :stop]
+            scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=self.scale)  # (B*Hkv, groups, stop)
+            o = torch.bmm(
+                torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), vbuf.view(B * Hkv, -1, D)[:, :stop]
+            )
+            x = torch.baddbmm(x, o.view(A, R, H * D), wo)
+            gu = torch.bmm(self._rms(x, n2), wgu)
+            x = torch.baddbmm(x, F.silu(gu[..., : self.I]) * gu[..., self.I :], wd)
         self.filled = stop
-        x = self._rms(x, *self.norm)
-        return F.linear(x, self.head)[:, -1]
-
-
-def _attn_linears(a) -> tuple:
-    return a.q_proj, a.k_proj, a.v_proj, a.o_proj
-
-
-def _mlp_linears(mlp) -> tuple:
-    return mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        return torch.bmm(self._rms(x, self.norm), self.head).view(B, -1)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from baselines.embedded import EMBEDDED_DIR
-from baselines.fastdecode import LeanDecoder, _base_of
+from baselines.fastdecode import StackedDecoder, _base_of
 from baselines.objectives import completion_mask, completion_token_logprobs
 
 Finetune = Literal["lora", "full"]
@@ -213,39 +213,52 @@ class Policies:
         self, prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int = 1
     ) -> dict[str, Completions]:
         """Sample `repeats` responses to each prompt of each agent (rows prompt-major: p0 x repeats, p1 x
-        repeats, ...). Agents sharing one LoRA base are served by one batched decoding loop (a different
-        adapter per row); other agents by one loop each. Each distinct prompt is prefilled once and its KV
-        cache repeated, so G samples cost one prompt forward."""
-        groups: dict[int, list[str]] = {}
-        for agent in prompts:
-            groups.setdefault(id(self.members[agent].module), []).append(agent)
+        repeats, ...). Agents are decoded together in as few loops as possible (`_decode_groups`): one loop
+        for all agents whose models have one architecture (each row with its agent's weights or adapter). Each
+        distinct prompt is prefilled once and its KV cache repeated, so G samples cost one prompt forward."""
         out: dict[str, Completions] = {}
-        for agents in groups.values():
+        for agents in self._decode_groups(prompts):
             out.update(self._generate_group(agents, prompts, sampling, repeats))
         return out
 
+    def _decode_groups(self, prompts: dict[str, list[str]]) -> list[list[str]]:
+        """Agents that share one decoding loop: same EOS and pad ids, and either one model object (a LoRA
+        base, decoded through the module with an adapter per row) or models the stacked decoder serves
+        together with the same number of prompts each."""
+        groups: list[list[str]] = []
+        for agent in prompts:
+            for group in groups:
+                members = [self.members[a] for a in (*group, agent)]
+                ids = {(tuple(m.eos_ids), m.tokenizer.pad_token_id) for m in members}
+                shared = all(m.module is members[0].module for m in members)
+                stacked = len({len(prompts[a]) for a in (*group, agent)}) == 1 and StackedDecoder.can_stack(
+                    [m.module for m in members]
+                )
+                if len(ids) == 1 and (shared or stacked):
+                    group.append(agent)
+                    break
+            else:
+                groups.append([agent])
+        return groups
+
     def _generate_group(self, agents: list[str], prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int):
-        first = self.members[agents[0]]
-        rows = [(a, p) for a in agents for p in prompts[a]]
-        ids, attn = self._encode(agents[0], [p for _, p in rows])  # (R, P), same tokenizer within a group
-        names = [self.members[a].adapter for a, _ in rows] if first.adapter is not None else None
-        seqs, sample_lp = sample(
-            first.module, ids, attn, repeats, sampling, first.eos_ids, first.tokenizer.pad_token_id, names
+        members = [self.members[a] for a in agents]
+        encoded = [self._encode(a, prompts[a]) for a in agents]  # each agent's own tokenizer and padding
+        sampled = sample(
+            [m.module for m in members],
+            [m.adapter for m in members],
+            encoded,
+            repeats,
+            sampling,
+            members[0].eos_ids,
+            members[0].tokenizer.pad_token_id,
         )
-        attn = attn.repeat_interleave(repeats, dim=0)  # (R*G, P)
-        mask = completion_mask(seqs[:, ids.shape[1] :], first.eos_ids)  # (R*G, T)
-        result, start = {}, 0
-        for agent in agents:
-            sl = slice(start, start + len(prompts[agent]) * repeats)
-            completion = seqs[sl, ids.shape[1] :]
-            texts = self._decode(agent, completion, mask[sl])
-            # drop the left-padding columns no row of this agent needs (its prompts are shorter than another
-            # agent's in the shared batch): scoring then runs on this agent's own prompt width
-            cut = int(attn[sl].argmax(dim=1).min()) if bool(attn[sl].any(dim=1).all()) else 0
-            result[agent] = Completions(
-                seqs[sl, cut:], attn[sl, cut:], mask[sl], texts, sample_lp[sl], len(prompts[agent]) == 1
-            )
-            start = sl.stop
+        result = {}
+        for agent, (ids, attn), (seqs, logps) in zip(agents, encoded, sampled, strict=True):
+            mask = completion_mask(seqs[:, ids.shape[1] :], self.members[agent].eos_ids)  # (R*G, T)
+            texts = self._decode(agent, seqs[:, ids.shape[1] :], mask)
+            attn = attn.repeat_interleave(repeats, dim=0)
+            result[agent] = Completions(seqs, attn, mask, texts, logps, len(prompts[agent]) == 1)
         return result
 
     def _decode(self, agent: str, completion: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -278,7 +291,9 @@ def _positions(attn: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L), as gene
 
 
 def _pick(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:  # (B, V) -> (B,), (B,)
-    """Sample (or argmax) the next token; also return its log-prob under the sampling distribution."""
+    """Sample (or argmax) the next token; also return its log-prob under the sampling distribution.
+    Sampling inverts each row's cumulative distribution (float64) at one uniform draw: one random number
+    per row instead of one per vocabulary entry."""
     if sampling.temperature == 0:
         tok = logits.argmax(dim=-1)
         return tok, torch.log_softmax(logits.float(), -1).gather(-1, tok[:, None]).squeeze(-1)
@@ -294,7 +309,10 @@ def _pick(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor,
         drop_sorted = cum - torch.softmax(sorted_logits, -1) >= sampling.top_p  # keeps the top token always
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     logp = torch.log_softmax(logits, -1)  # (B, V)
-    tok = torch.multinomial(logp.exp(), 1).squeeze(-1)  # (B,)
+    cdf = logp.exp().double().cumsum(-1)  # (B, V)
+    u = torch.rand(logits.shape[0], 1, dtype=torch.float64, device=logits.device) * cdf[:, -1:]  # in [0, total)
+    # the first index whose cumulative mass exceeds u: a token of non-zero probability
+    tok = torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1).squeeze(-1)  # (B,)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
@@ -333,43 +351,38 @@ class _ReservedLayer:
         return layer.keys, layer.values
 
 
+Encoded = tuple[torch.Tensor, torch.Tensor]  # (ids (R, P), attention mask (R, P)), left-padded
+
+
 def sample(
-    module, ids, attn, repeats: int, sampling: SamplingConfig, eos_ids: list[int], pad_id: int, adapter_names=None
-):
-    """KV-cached sampling: prefill the R distinct prompts once, repeat the cache `repeats` times, decode
-    until every row has emitted an EOS or the budget is spent; rows are padded with `pad_id` after their
-    EOS. Returns sequences (R*G, P+T) and the sampling log-prob of every generated token (R*G, T). The cache
-    and the attention mask are reserved for the whole budget once (no per-token copies); everything runs in
-    inference mode (less per-operation overhead; the results are copied out as ordinary tensors)."""
+    modules: Sequence,
+    adapters: Sequence[str | None],
+    encoded: Sequence[Encoded],
+    repeats: int,
+    sampling: SamplingConfig,
+    eos_ids: list[int],
+    pad_id: int,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """KV-cached sampling for a group of agents in one decoding loop: each agent's model (`modules`, the same
+    object for agents sharing a LoRA base), adapter and encoded prompts. Each distinct prompt is prefilled
+    once and its cache repeated `repeats` times; decoding runs until every row has emitted an EOS or the
+    budget is spent, and rows are padded with `pad_id` after their EOS. Returns per agent its sequences
+    (R*G, P_a+T) and the sampling log-prob of every generated token (R*G, T). Runs in inference mode (the
+    results are copied out as ordinary tensors)."""
     with torch.inference_mode():
-        seqs, logps = _sample(module, ids, attn, repeats, sampling, eos_ids, pad_id, adapter_names)
-    return seqs.clone(), logps.clone()
+        out = _sample(modules, adapters, encoded, repeats, sampling, eos_ids, pad_id)
+    return [(seqs.clone(), logps.clone()) for seqs, logps in out]
 
 
-def _sample(module, ids, attn, repeats, sampling, eos_ids, pad_id, adapter_names):
-    kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    out = module(
-        input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1, **kw
-    )
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(repeats)
-    lean = None
-    if LeanDecoder.supports(module):  # same logits (LoRA: up to rounding), less Python per token
-        names = None if adapter_names is None else [n for n in adapter_names for _ in range(repeats)]
-        padded = None if bool(attn.all()) else attn.repeat_interleave(repeats, dim=0)
-        lean = LeanDecoder(module, cache, sampling.max_new_tokens, names, padded)
+def _sample(modules, adapters, encoded, repeats, sampling, eos_ids, pad_id):
+    if len({len(ids) for ids, _ in encoded}) == 1 and StackedDecoder.can_stack(modules):
+        logits, step = _stacked_decoding(modules, adapters, encoded, repeats, sampling.max_new_tokens)
     else:
-        for layer in getattr(cache, "layers", []):
-            _ReservedLayer.reserve(layer, sampling.max_new_tokens)
-    logits = out.logits[:, -1].repeat_interleave(repeats, dim=0)  # (B, V)
-    attn = attn.repeat_interleave(repeats, dim=0)  # (B, P)
-    P = attn.shape[1]
-    full_attn = torch.cat([attn, attn.new_ones(attn.shape[0], sampling.max_new_tokens)], dim=1)  # (B, P+T)
-    pos = _positions(attn)[:, -1:] + 1  # (B, 1)
-    if adapter_names is not None:
-        kw = {"adapter_names": [n for n in adapter_names for _ in range(repeats)]}
-    eos = torch.tensor(eos_ids, device=ids.device)
-    finished = torch.zeros(attn.shape[0], dtype=torch.bool, device=ids.device)
+        logits, step = _module_decoding(modules, adapters, encoded, repeats, sampling.max_new_tokens, pad_id)
+    # (B, 1) the position of the first new token, as scoring numbers it: the row's count of prompt tokens
+    pos = torch.cat([a.sum(dim=1, keepdim=True) for _, a in encoded]).repeat_interleave(repeats, dim=0).long()
+    eos = torch.tensor(eos_ids, device=pos.device)
+    finished = torch.zeros(pos.shape[0], dtype=torch.bool, device=pos.device)
     tokens, logps = [], []
     for t in range(sampling.max_new_tokens):
         tok, lp = _pick(logits, sampling)
@@ -379,22 +392,65 @@ def _sample(module, ids, attn, repeats, sampling, eos_ids, pad_id, adapter_names
         finished |= torch.isin(tok, eos)
         if bool(finished.all()) or t == sampling.max_new_tokens - 1:
             break
-        if lean is not None:
-            logits = lean.step(tok, pos)
-            pos = pos + 1
-            continue
-        out = module(
-            input_ids=tok[:, None],
-            attention_mask=full_attn[:, : P + t + 1],
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            **kw,
-        )
+        logits = step(tok, pos, t)
         pos = pos + 1
-        logits = out.logits[:, -1]
-    seqs = torch.cat([ids.repeat_interleave(repeats, dim=0), torch.stack(tokens, dim=1)], dim=1)  # (B, P+T)
-    return seqs, torch.stack(logps, dim=1)
+    new, lps = torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # (B, T)
+    out, start = [], 0
+    for ids, _ in encoded:
+        rows = slice(start, start + ids.shape[0] * repeats)
+        out.append((torch.cat([ids.repeat_interleave(repeats, dim=0), new[rows]], dim=1), lps[rows]))
+        start = rows.stop
+    return out
+
+
+def _prefill(module, ids, attn, adapter_names: list | None):
+    """The prompts' forward with the KV cache (each row with its LoRA adapter when names are given)."""
+    kw = {"adapter_names": adapter_names} if adapter_names is not None else {}
+    return module(
+        input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True, logits_to_keep=1, **kw
+    )
+
+
+def _stacked_decoding(modules, adapters, encoded, repeats, budget):
+    """First logits (B, V) and the step function of the stacked decoder; every agent prefilled on its own."""
+    caches, attns, first = [], [], []
+    for module, adapter, (ids, attn) in zip(modules, adapters, encoded, strict=True):
+        out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
+        out.past_key_values.batch_repeat_interleave(repeats)
+        caches.append(out.past_key_values)
+        attns.append(attn.repeat_interleave(repeats, dim=0))
+        first.append(out.logits[:, -1].repeat_interleave(repeats, dim=0))
+    decoder = StackedDecoder(modules, adapters, caches, attns, budget)
+    return torch.cat(first), lambda tok, pos, t: decoder.step(tok, pos)
+
+
+def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
+    """First logits (B, V) and a step through the Hugging Face module (one model object for the group): the
+    agents' prompts left-padded to one width, each row with its agent's adapter (if any)."""
+    module = modules[0]
+    if any(m is not module for m in modules):
+        raise ValueError("agents decoded through the module must share one model object")
+    width = max(ids.shape[1] for ids, _ in encoded)
+    ids = torch.cat([torch.nn.functional.pad(i, (width - i.shape[1], 0), value=pad_id) for i, _ in encoded])
+    attn = torch.cat([torch.nn.functional.pad(a, (width - a.shape[1], 0)) for _, a in encoded])
+    names = [n for n, (i, _) in zip(adapters, encoded, strict=True) for _ in range(len(i))]
+    out = _prefill(module, ids, attn, names if names[0] is not None else None)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(repeats)
+    for layer in getattr(cache, "layers", []):
+        _ReservedLayer.reserve(layer, budget)
+    attn = attn.repeat_interleave(repeats, dim=0)
+    full_attn = torch.cat([attn, attn.new_ones(attn.shape[0], budget)], dim=1)  # (B, P+T)
+    kw = {"adapter_names": [n for n in names for _ in range(repeats)]} if names[0] is not None else {}
+
+    def step(tok: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
+        mask = full_attn[:, : width + t + 1]
+        out = module(
+            input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kw
+        )
+        return out.logits[:, -1]
+
+    return out.logits[:, -1].repeat_interleave(repeats, dim=0), step
 
 
 def _prompt_forward(module, ids: torch.Tensor):

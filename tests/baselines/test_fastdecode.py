@@ -1,76 +1,134 @@
-"""The lean decoding step gives bit-identical logits to the Hugging Face module it replaces."""
+"""The stacked decoder gives every row its own agent's logits (the module's, up to float rounding), and the
+inverse-CDF sampler draws from the right distribution."""
 
+import pytest
 import torch
 
-from baselines.fastdecode import LeanDecoder
-from baselines.policies import Policies
+import baselines.fastdecode as fastdecode
+import baselines.policies as pol_mod
+from baselines.fastdecode import StackedDecoder
+from baselines.policies import Policies, SamplingConfig, _pick, _positions, _prefill
 
 
-def test_lean_decoder_logits_equal_module_logits():
-    torch.manual_seed(0)
-    module = Policies(["a"], finetune="full").members["a"].module
-    assert LeanDecoder.supports(module)
-    ids = torch.randint(5, 1900, (1, 40))
+def _module_logits(module, ids, attn, tokens, adapter=None):
+    """Reference: the module's logits for `tokens` (steps, B) decoded after the prompts, one row at a time."""
+    names = None if adapter is None else [adapter] * ids.shape[0]
+    kw = {} if names is None else {"adapter_names": names}
     with torch.no_grad():
-        ref = module(input_ids=ids, use_cache=True)
-        lean_prefill = module(input_ids=ids, use_cache=True)
-        ref.past_key_values.batch_repeat_interleave(3)
-        lean_prefill.past_key_values.batch_repeat_interleave(3)
-        lean = LeanDecoder(module, lean_prefill.past_key_values, extra=8)
-        pos = torch.full((3, 1), 40)
-        for t in range(8):
-            tok = torch.randint(5, 1900, (3,))
-            out = module(input_ids=tok[:, None], position_ids=pos, past_key_values=ref.past_key_values, use_cache=True)
-            assert torch.equal(lean.step(tok, pos), out.logits[:, -1]), f"token {t}"
-            pos = pos + 1
-
-
-def _decode_both(module, ids, attn, steps, **kw):
-    """Logits of `steps` random tokens decoded through the module and through the lean decoder."""
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    with torch.no_grad():
-        ref = module(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **kw)
-        lean_prefill = module(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **kw)
-        names = kw.get("adapter_names")
-        lean = LeanDecoder(module, lean_prefill.past_key_values, steps, names, None if attn.all() else attn)
-        pos, full = pos[:, -1:] + 1, attn
-        for _ in range(steps):
-            tok = torch.randint(5, 1900, (ids.shape[0],))
+        out = _prefill(module, ids, attn, names)
+        cache, pos, full = out.past_key_values, _positions(attn)[:, -1:] + 1, attn
+        logits = [out.logits[:, -1]]
+        for tok in tokens[:-1]:
             full = torch.cat([full, torch.ones_like(full[:, :1])], dim=1)
             out = module(
                 input_ids=tok[:, None],
                 attention_mask=full,
                 position_ids=pos,
-                past_key_values=ref.past_key_values,
+                past_key_values=cache,
                 use_cache=True,
                 **kw,
             )
-            yield lean.step(tok, pos), out.logits[:, -1]
+            logits.append(out.logits[:, -1])
             pos = pos + 1
+    return torch.stack(logits)  # (steps, B, V)
 
 
-def test_lean_decoder_with_left_padding_is_bit_identical():
-    torch.manual_seed(0)
-    module = Policies(["a"], finetune="full").members["a"].module
-    ids = torch.randint(5, 1900, (2, 30))
+def _stacked_logits(modules, adapters, encoded, tokens):
+    with torch.no_grad():
+        caches, first = [], []
+        for module, adapter, (ids, attn) in zip(modules, adapters, encoded, strict=True):
+            out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
+            caches.append(out.past_key_values)
+            first.append(out.logits[:, -1])
+        decoder = StackedDecoder(modules, adapters, caches, [a for _, a in encoded], extra=tokens[0].shape[0])
+        pos = torch.cat([a.sum(dim=1, keepdim=True) for _, a in encoded])
+        logits = [torch.cat(first)]
+        for tok in torch.cat(tokens, dim=1)[:-1]:
+            logits.append(decoder.step(tok, pos))
+            pos = pos + 1
+    return torch.stack(logits)  # (steps, A*R, V)
+
+
+def _prompts(lengths, pad_rows):
+    ids = torch.randint(5, 1900, (len(pad_rows), max(lengths)))
     attn = torch.ones_like(ids)
-    attn[1, :11] = 0
-    for lean, ref in _decode_both(module, ids, attn, 6):
-        assert torch.equal(lean, ref)
+    for row, pad in enumerate(pad_rows):
+        attn[row, :pad] = 0
+    return ids, attn
 
 
-def test_lean_decoder_gives_each_row_its_lora_adapter():
+def test_two_full_models_decode_in_one_loop_with_their_own_weights():
+    torch.manual_seed(0)
+    policies = Policies(["first", "second"], finetune="full")
+    modules = [policies.members[a].module for a in ("first", "second")]
+    with torch.no_grad():  # make the second agent's weights really differ
+        for p in modules[1].parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    assert StackedDecoder.can_stack(modules)
+    encoded = [_prompts([30], [0, 9]), _prompts([41], [3, 0])]  # different widths, left padding in both
+    steps = 7
+    tokens = [torch.randint(5, 1900, (steps, 2)) for _ in encoded]
+    stacked = _stacked_logits(modules, [None, None], encoded, tokens)
+    for a, (module, (ids, attn), tok) in enumerate(zip(modules, encoded, tokens, strict=True)):
+        ref = _module_logits(module, ids, attn, tok)
+        assert torch.allclose(stacked[:, 2 * a : 2 * a + 2], ref, atol=1e-4), f"agent {a}"
+    assert not torch.allclose(stacked[:, :2], stacked[:, 2:], atol=1e-2), "the agents' logits differ"
+
+
+def test_lora_adapters_are_merged_per_agent():
     torch.manual_seed(0)
     policies = Policies(["first", "second"], None, "lora", lora_r=4)
     module = policies.members["first"].module
-    assert LeanDecoder.supports(module)
     with torch.no_grad():
         for n, p in module.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    ids = torch.randint(5, 1900, (3, 25))
-    attn = torch.ones_like(ids)
-    attn[2, :7] = 0
-    names = ["first", "second", "first"]
-    for lean, ref in _decode_both(module, ids, attn, 6, adapter_names=names):
-        assert torch.allclose(lean, ref, atol=1e-5)
+    encoded = [_prompts([25], [0, 7]), _prompts([18], [0, 0])]
+    tokens = [torch.randint(5, 1900, (6, 2)) for _ in encoded]
+    stacked = _stacked_logits([module, module], ["first", "second"], encoded, tokens)
+    for a, (name, (ids, attn), tok) in enumerate(zip(["first", "second"], encoded, tokens, strict=True)):
+        ref = _module_logits(module, ids, attn, tok, adapter=name)
+        assert torch.allclose(stacked[:, 2 * a : 2 * a + 2], ref, atol=1e-4), name
+
+
+def test_models_that_cannot_stack_decode_through_the_module(monkeypatch):
+    torch.manual_seed(0)
+    policies = Policies(["first", "second"], finetune="full")
+    monkeypatch.setattr(fastdecode, "STACK_BYTES_LIMIT", 1000)
+    assert not StackedDecoder.can_stack([policies.members[a].module for a in ("first", "second")])
+    calls = []
+    original = pol_mod.sample
+    monkeypatch.setattr(pol_mod, "sample", lambda *a, **k: calls.append(1) or original(*a, **k))
+    out = policies.generate({"first": ["Hello."], "second": ["A longer prompt here."]}, SamplingConfig(8), repeats=2)
+    assert len(calls) == 2, "separate full models: one module loop each"
+    for agent, c in out.items():
+        assert torch.allclose(policies.token_logprobs(agent, c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
+
+
+def test_stacked_generation_is_one_loop_for_two_full_models(monkeypatch):
+    policies = Policies(["first", "second"], finetune="full")
+    calls = []
+    original = pol_mod.sample
+    monkeypatch.setattr(pol_mod, "sample", lambda *a, **k: calls.append(1) or original(*a, **k))
+    prompts = {"first": ["Hello.", "Second prompt, longer."], "second": ["Short.", "Another."]}
+    torch.manual_seed(0)
+    out = policies.generate(prompts, SamplingConfig(10), repeats=2)
+    assert len(calls) == 1
+    for agent, c in out.items():
+        assert c.sequences.shape[0] == 4 and len(c.texts) == 4
+        assert torch.allclose(policies.token_logprobs(agent, c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=0.5, top_k=3)])
+def test_inverse_cdf_sampler_matches_the_distribution(sampling):
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]))[None].repeat(20000, 1)
+    tok, lp = _pick(logits, sampling)
+    probs = torch.softmax(logits[0] / sampling.temperature, -1)
+    if sampling.top_k:
+        probs[sampling.top_k :] = 0
+        probs /= probs.sum()
+    freq = torch.bincount(tok, minlength=5).double() / len(tok)
+    assert torch.allclose(freq, probs.double(), atol=0.012), (freq, probs)
+    assert bool((probs[tok] > 0).all()), "never a token of zero probability"
+    assert torch.allclose(lp, probs.log()[tok], atol=1e-5)
