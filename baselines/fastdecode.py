@@ -72,7 +72,10 @@ def _head_dim(module) -> int:
     return _base_of(module).model.layers[0].self_attn.head_dim
 
 
-def _dense(lin, adapter: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+Dense = tuple[torch.Tensor, torch.Tensor | None]  # (weight (out, in), bias (out,) or None)
+
+
+def _dense(lin, adapter: str | None) -> Dense:
     """(weight (out, in), bias) of a Linear or of a LoRA Linear with `adapter` merged in (no grad)."""
     if isinstance(lin, torch.nn.Linear):
         return lin.weight, lin.bias
@@ -83,12 +86,12 @@ def _dense(lin, adapter: str | None) -> tuple[torch.Tensor, torch.Tensor | None]
     return base.weight + delta, base.bias
 
 
-def _stack(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _stack(parts: list[list[Dense]]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per agent a list of (weight, bias) of projections that share an input -> W^T (A, in, sum out), bias."""
     w = torch.stack([torch.cat([wb[0] for wb in agent]) for agent in parts]).transpose(1, 2).contiguous()
     if all(wb[1] is None for agent in parts for wb in agent):
         return w, None
-    biases = [[wb[1] if wb[1] is not None else wb[0].new_zeros(wb[0].shape[0]) for wb in agent] for agent in parts]
+    biases = [[b if b is not None else w.new_zeros(w.shape[0]) for w, b in agent] for agent in parts]
     return w, torch.stack([torch.cat(b) for b in biases])[:, None, :]  # (A, 1, out)
 
 
