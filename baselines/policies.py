@@ -42,6 +42,17 @@ class SamplingConfig:
 
 
 @dataclass
+class PromptState:
+    """A shared prompt's forward from sampling: its last logits and KV cache, tagged with the version counters
+    of the agent's trainable tensors at the time. While those are unchanged, the update reuses it as the
+    forward of its prompt pass (`score`) instead of running the prompt again."""
+
+    logits: torch.Tensor  # (1, 1, V)
+    kv: list[torch.Tensor]  # keys and values of every layer, alternating, each (1, H_kv, P, D)
+    versions: tuple[int, ...]
+
+
+@dataclass
 class Completions:
     """G sampled responses of one agent (rows), with everything needed to score them again."""
 
@@ -51,6 +62,7 @@ class Completions:
     texts: list[str]
     sample_logprobs: torch.Tensor | None = None  # (B, T) log-prob of each token when it was sampled
     shared_prompt: bool = False  # every row answers the same prompt (scored with one prompt forward)
+    prompt_state: PromptState | None = None  # the sampling prefill of the shared prompt, when reusable
 
     @property
     def prompt_width(self) -> int:
@@ -189,6 +201,10 @@ class Policies:
                 raise RuntimeError(f"PEFT did not write {directory / 'adapter_config.json'}")
         m.tokenizer.save_pretrained(directory)
 
+    def _versions(self, agent: str) -> tuple[int, ...]:
+        """The version counters of the agent's trainable tensors (every in-place update bumps them)."""
+        return tuple(p._version for p in self.parameters(agent))
+
     # ------------------------------------------------------------------ sampling
     def _format(self, agent: str, prompt: str) -> str:
         if not self.chat_template:
@@ -244,6 +260,7 @@ class Policies:
     def _generate_group(self, agents: list[str], prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int):
         members = [self.members[a] for a in agents]
         encoded = [self._encode(a, prompts[a]) for a in agents]  # each agent's own tokenizer and padding
+        versions = [self._versions(a) for a in agents]
         sampled = sample(
             [m.module for m in members],
             [m.adapter for m in members],
@@ -254,11 +271,12 @@ class Policies:
             members[0].tokenizer.pad_token_id,
         )
         result = {}
-        for agent, (ids, attn), (seqs, logps) in zip(agents, encoded, sampled, strict=True):
+        for agent, (ids, attn), (seqs, logps, prefill), version in zip(agents, encoded, sampled, versions, strict=True):
             mask = completion_mask(seqs[:, ids.shape[1] :], self.members[agent].eos_ids)  # (R*G, T)
             texts = self._decode(agent, seqs[:, ids.shape[1] :], mask)
             attn = attn.repeat_interleave(repeats, dim=0)
-            result[agent] = Completions(seqs, attn, mask, texts, logps, len(prompts[agent]) == 1)
+            state = PromptState(prefill[0], prefill[1], version) if prefill is not None else None
+            result[agent] = Completions(seqs, attn, mask, texts, logps, len(prompts[agent]) == 1, state)
         return result
 
     def _decode(self, agent: str, completion: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -276,7 +294,9 @@ class Policies:
         if not reference:
             if m.adapter is not None:
                 m.module.set_adapter(m.adapter)
-            return score(m.module, c)
+            state = c.prompt_state
+            reuse = (state, self.parameters(agent)) if state and state.versions == self._versions(agent) else None
+            return score(m.module, c, reuse)
         with torch.no_grad():
             if m.adapter is not None:
                 with m.module.disable_adapter():
@@ -362,21 +382,26 @@ def sample(
     sampling: SamplingConfig,
     eos_ids: list[int],
     pad_id: int,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> list[tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]] | None]]:
     """KV-cached sampling for a group of agents in one decoding loop: each agent's model (`modules`, the same
     object for agents sharing a LoRA base), adapter and encoded prompts. Each distinct prompt is prefilled
     once and its cache repeated `repeats` times; decoding runs until every row has emitted an EOS or the
     budget is spent, and rows are padded with `pad_id` after their EOS. Returns per agent its sequences
-    (R*G, P_a+T) and the sampling log-prob of every generated token (R*G, T). Runs in inference mode (the
-    results are copied out as ordinary tensors)."""
+    (R*G, P_a+T), the sampling log-prob of every generated token (R*G, T) and, when the agent has one
+    unpadded prompt prefilled on its own, that prefill (last logits, KV of every layer). Runs in inference
+    mode (the results are copied out as ordinary tensors)."""
     with torch.inference_mode():
         out = _sample(modules, adapters, encoded, repeats, sampling, eos_ids, pad_id)
-    return [(seqs.clone(), logps.clone()) for seqs, logps in out]
+    return [
+        (seqs.clone(), logps.clone(), None if pre is None else (pre[0].clone(), [t.clone() for t in pre[1]]))
+        for seqs, logps, pre in out
+    ]
 
 
 def _sample(modules, adapters, encoded, repeats, sampling, eos_ids, pad_id):
+    prefills: list = [None] * len(encoded)
     if len({len(ids) for ids, _ in encoded}) == 1 and StackedDecoder.can_stack(modules):
-        logits, step = _stacked_decoding(modules, adapters, encoded, repeats, sampling.max_new_tokens)
+        logits, step, prefills = _stacked_decoding(modules, adapters, encoded, repeats, sampling.max_new_tokens)
     else:
         logits, step = _module_decoding(modules, adapters, encoded, repeats, sampling.max_new_tokens, pad_id)
     # (B, 1) the position of the first new token, as scoring numbers it: the row's count of prompt tokens
@@ -396,9 +421,12 @@ def _sample(modules, adapters, encoded, repeats, sampling, eos_ids, pad_id):
         pos = pos + 1
     new, lps = torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # (B, T)
     out, start = [], 0
-    for ids, _ in encoded:
+    for (ids, _), prefill in zip(encoded, prefills, strict=True):
         rows = slice(start, start + ids.shape[0] * repeats)
-        out.append((torch.cat([ids.repeat_interleave(repeats, dim=0), new[rows]], dim=1), lps[rows]))
+        # the agent's own length: the columns after all its rows ended (while other agents' went on) are dropped
+        width = int(completion_mask(new[rows], eos_ids).any(dim=0).nonzero().max()) + 1
+        seqs = torch.cat([ids.repeat_interleave(repeats, dim=0), new[rows, :width]], dim=1)
+        out.append((seqs, lps[rows, :width], prefill))
         start = rows.stop
     return out
 
@@ -412,16 +440,19 @@ def _prefill(module, ids, attn, adapter_names: list | None):
 
 
 def _stacked_decoding(modules, adapters, encoded, repeats, budget):
-    """First logits (B, V) and the step function of the stacked decoder; every agent prefilled on its own."""
-    caches, attns, first = [], [], []
+    """First logits (B, V), the step function of the stacked decoder, and each agent's prefill (last logits,
+    KV) when it is one unpadded prompt (the update reuses it); every agent is prefilled on its own."""
+    caches, attns, first, prefills = [], [], [], []
     for module, adapter, (ids, attn) in zip(modules, adapters, encoded, strict=True):
         out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
+        kv = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        prefills.append((out.logits, kv) if ids.shape[0] == 1 and bool(attn.all()) else None)
         out.past_key_values.batch_repeat_interleave(repeats)
         caches.append(out.past_key_values)
         attns.append(attn.repeat_interleave(repeats, dim=0))
         first.append(out.logits[:, -1].repeat_interleave(repeats, dim=0))
     decoder = StackedDecoder(modules, adapters, caches, attns, budget)
-    return torch.cat(first), lambda tok, pos, t: decoder.step(tok, pos)
+    return torch.cat(first), lambda tok, pos, t: decoder.step(tok, pos), prefills
 
 
 def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
@@ -453,33 +484,58 @@ def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
     return out.logits[:, -1].repeat_interleave(repeats, dim=0), step
 
 
-def _prompt_forward(module, ids: torch.Tensor):
-    """The prompt's last logits and its KV cache. With grad, the prompt's activations are not kept for the
-    backward pass but recomputed there (activation checkpointing: the same values and gradients, less peak
-    memory, one more prompt forward per update)."""
+class _ReusedForward(torch.autograd.Function):
+    """Outputs precomputed values of `run(ids)` (the sampling prefill) and, in the backward pass, recomputes
+    `run(ids)` with grad to pass the gradient on to `params`: activation checkpointing whose first forward
+    was already done by sampling."""
+
+    @staticmethod
+    def forward(ctx, run, ids, values, *params):
+        ctx.run, ctx.ids, ctx.params = run, ids, params
+        return tuple(v.clone() for v in values)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        with torch.enable_grad():
+            outputs = ctx.run(ctx.ids)
+        used = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+        param_grads = torch.autograd.grad([o for o, _ in used], ctx.params, [g for _, g in used], allow_unused=True)
+        return (None, None, None, *param_grads)
+
+
+def _prompt_forward(module, ids: torch.Tensor, reuse: tuple | None):
+    """The prompt's last logits and its KV cache, computed as sampling's prefill is (with LoRA through the
+    active adapter: PEFT's per-row `adapter_names` hooks are not removed when checkpointing stops a
+    recomputation early, so the update never uses them). With grad, the prompt's
+    activations are not kept for the backward pass but recomputed there (activation checkpointing: the same
+    values and gradients, less peak memory); `reuse` = (PromptState, the agent's trainable tensors) takes the
+    forward values from sampling's prefill instead of running the prompt again."""
     from torch.utils.checkpoint import checkpoint
     from transformers.cache_utils import DynamicCache
 
-    layer_types = getattr(_base_of(module).config, "layer_types", None) or []
-    if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
-        out = module(input_ids=ids, use_cache=True, logits_to_keep=1)
-        return out.logits, out.past_key_values
-
     def run(ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = module(input_ids=ids, use_cache=True, logits_to_keep=1)
+        out = _prefill(module, ids, torch.ones_like(ids), None)
         return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
 
-    logits, *kv = checkpoint(run, ids, use_reentrant=False)
+    layer_types = getattr(_base_of(module).config, "layer_types", None) or []
+    if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
+        out = _prefill(module, ids, torch.ones_like(ids), None)
+        return out.logits, out.past_key_values
+    if reuse is not None:
+        state, params = reuse
+        logits, *kv = _ReusedForward.apply(run, ids, [state.logits, *state.kv], *params)
+    else:
+        logits, *kv = checkpoint(run, ids, use_reentrant=False)
     return logits, DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2], strict=True)))
 
 
-def score(module, c: Completions) -> torch.Tensor:  # (B, T)
-    """Token log-probs of the completions under `module`. When every row answers the same prompt, the
-    prompt is run once and its KV cache shared by the rows (same result as the full forward)."""
+def score(module, c: Completions, reuse: tuple | None = None) -> torch.Tensor:  # (B, T)
+    """Token log-probs of the completions under `module` (with LoRA: its active adapter). When every row answers the same prompt, the prompt is run once (or its sampling prefill
+    reused, see `_prompt_forward`) and its KV cache shared by the rows (same result as the full forward)."""
     P, T = c.prompt_width, c.sequences.shape[1] - c.prompt_width
     if c.shared_prompt and bool(c.prompt_mask.all()):
         B = c.sequences.shape[0]
-        prompt_logits, cache = _prompt_forward(module, c.sequences[:1, :P])
+        prompt_logits, cache = _prompt_forward(module, c.sequences[:1, :P], reuse)
         cache.batch_repeat_interleave(B)
         attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
         pos = torch.arange(P, P + T, device=attn.device).expand(B, T)

@@ -7,7 +7,7 @@ import torch
 import baselines.fastdecode as fastdecode
 import baselines.policies as pol_mod
 from baselines.fastdecode import StackedDecoder
-from baselines.policies import Policies, SamplingConfig, _pick, _positions, _prefill
+from baselines.policies import Completions, Policies, SamplingConfig, _pick, _positions, _prefill
 
 
 def _module_logits(module, ids, attn, tokens, adapter=None):
@@ -132,3 +132,45 @@ def test_inverse_cdf_sampler_matches_the_distribution(sampling):
     assert torch.allclose(freq, probs.double(), atol=0.012), (freq, probs)
     assert bool((probs[tok] > 0).all()), "never a token of zero probability"
     assert torch.allclose(lp, probs.log()[tok], atol=1e-5)
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_update_reuses_the_sampling_prefill_only_while_weights_are_unchanged(finetune):
+    """The prompt's forward from sampling stands in for the update's prompt pass: same log-probs and
+    gradients as running the prompt again; after an optimiser step it is no longer used."""
+    torch.manual_seed(0)
+    policies = Policies(["first", "second"], None, finetune, lora_r=4)
+    if finetune == "lora":
+        with torch.no_grad():
+            for n, p in policies.members["first"].module.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+    out = policies.generate({"first": ["Write about cats."], "second": ["And dogs, please."]}, SamplingConfig(10), 3)
+    c = out["first"]
+    assert c.prompt_state is not None and c.shared_prompt
+    params = policies.parameters("first")
+
+    def logprobs_and_grads(completions):
+        for p in params:
+            p.grad = None
+        lp = policies.token_logprobs("first", completions)
+        (lp * completions.mask).sum().backward()
+        return lp.detach(), [p.grad.clone() if p.grad is not None else None for p in params]
+
+    fresh = Completions(c.sequences, c.prompt_mask, c.mask, c.texts, c.sample_logprobs, True, None)
+    lp_reused, g_reused = logprobs_and_grads(c)
+    lp_fresh, g_fresh = logprobs_and_grads(fresh)
+    assert torch.equal(lp_reused, lp_fresh)
+    assert all(
+        (a is None and b is None) or torch.allclose(a, b, atol=1e-6) for a, b in zip(g_reused, g_fresh, strict=True)
+    )
+    assert sum(g.abs().sum() for g in g_reused if g is not None) > 0
+    torch.optim.SGD(params, lr=0.1).step()
+    calls = []
+    original = pol_mod._ReusedForward.apply
+    pol_mod._ReusedForward.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        policies.token_logprobs("first", c)
+    finally:
+        pol_mod._ReusedForward.apply = original
+    assert not calls, "stale prefill must not be reused after the weights changed"
