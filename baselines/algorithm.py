@@ -177,7 +177,7 @@ class Algorithm(ABC):
                 if cfg.max_grad_norm is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 else:
-                    grad_norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
                 opt.step()
                 opt.zero_grad(set_to_none=True)  # free the gradients now: the next agent's update needs the memory
                 stats[f"loss/{agent}"] = float(loss.detach())

@@ -150,28 +150,36 @@ class StackedDecoder:
         self.filled = self.width
 
     def _weights(self, bases: list, adapters: Sequence[str | None]) -> None:
+        """Per layer the stacked W^T of the fused projections; each RMSNorm's weight is folded into the
+        projections that read its output (norm(x) * w @ W^T = norm(x) @ (w[:, None] * W^T))."""
         self.layers = []
         for i in range(len(bases[0].model.layers)):
             per_agent = [(b.model.layers[i], name) for b, name in zip(bases, adapters, strict=True)]
             attn = [[_dense(lin, n) for lin in _attn_linears(layer.self_attn)] for layer, n in per_agent]
             mlp = [[_dense(lin, n) for lin in _mlp_linears(layer.mlp)] for layer, n in per_agent]
-            norms = [torch.stack([getattr(layer, k).weight for layer, _ in per_agent])[:, None, :] for k in
-                     ("input_layernorm", "post_attention_layernorm")]  # fmt: skip
+            n1, n2 = (
+                self._norm([getattr(layer, k) for layer, _ in per_agent])
+                for k in ("input_layernorm", "post_attention_layernorm")
+            )
+            wqkv, bqkv = _stack([a[:3] for a in attn])  # fused q, k, v
             self.layers.append(
                 (
-                    _stack([a[:3] for a in attn]),  # fused q, k, v
+                    (wqkv * n1, bqkv),
                     _stack([a[3:] for a in attn])[0],  # o (no bias in Qwen2)
-                    _stack([m[:2] for m in mlp])[0],  # fused gate, up
+                    _stack([m[:2] for m in mlp])[0] * n2,  # fused gate, up
                     _stack([m[2:] for m in mlp])[0],  # down
-                    norms,
                 )
             )
         embed = torch.stack([b.model.embed_tokens.weight for b in bases])  # (A, V, h)
         self.vocab = embed.shape[1]
         self.embed = embed.reshape(-1, embed.shape[2])  # (A*V, h): agent a's token t is row a*V + t
         self.offset = (torch.arange(self.A, device=embed.device) * self.vocab).repeat_interleave(self.R)  # (B,)
-        self.head = torch.stack([b.lm_head.weight for b in bases]).transpose(1, 2)  # (A, h, V)
-        self.norm = torch.stack([b.model.norm.weight for b in bases])[:, None, :]
+        head = torch.stack([b.lm_head.weight for b in bases]).transpose(1, 2)  # (A, h, V)
+        self.head = head * self._norm([b.model.norm for b in bases])
+
+    @staticmethod
+    def _norm(norms: list) -> torch.Tensor:  # (A, h, 1): each agent's RMSNorm weight, to scale W^T's rows
+        return torch.stack([n.weight for n in norms])[:, :, None]
 
     def _buffers(self, caches: Sequence, attns: Sequence, extra: int) -> None:
         """One (B, Hkv, width + extra, D) key and value buffer per layer, prompts right-aligned; the additive
@@ -206,8 +214,8 @@ class StackedDecoder:
         rot[idx, idx + half] = 1.0
         self.rot = rot
 
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype) * weight
+    def _rms(self, x: torch.Tensor) -> torch.Tensor:  # without the weight (folded into the next projection)
+        return F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (B,), (B, 1) -> (B, V)
         """Logits of the next token after appending `tokens` at `positions` (each row's own position)."""
@@ -217,8 +225,8 @@ class StackedDecoder:
         cos, sin = self.cos[positions[:, 0]][:, None, :], self.sin[positions[:, 0]][:, None, :]  # (B, 1, D)
         stop = self.filled + 1
         mask = self.mask[..., :stop]
-        for ((wqkv, bqkv), wo, wgu, wd, (n1, n2)), (kbuf, vbuf) in zip(self.layers, self.kv, strict=True):
-            h = self._rms(x, n1)
+        for ((wqkv, bqkv), wo, wgu, wd), (kbuf, vbuf) in zip(self.layers, self.kv, strict=True):
+            h = self._rms(x)
             qkv = (torch.baddbmm(bqkv, h, wqkv) if bqkv is not None else torch.bmm(h, wqkv)).view(B, H + 2 * Hkv, D)
             qk = qkv[:, : H + Hkv]
             qk = torch.addcmul(qk * cos, qk @ self.rot, sin)  # rotary embedding of q and k together
@@ -231,7 +239,7 @@ class StackedDecoder:
                 torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), vbuf.view(B * Hkv, -1, D)[:, :stop]
             )
             x = torch.baddbmm(x, o.view(A, R, H * D), wo)
-            gu = torch.bmm(self._rms(x, n2), wgu)
+            gu = torch.bmm(self._rms(x), wgu)
             x = torch.baddbmm(x, F.silu(gu[..., : self.I]) * gu[..., self.I :], wd)
         self.filled = stop
-        return torch.bmm(self._rms(x, self.norm), self.head).view(B, -1)
+        return torch.bmm(self._rms(x), self.head).view(B, -1)

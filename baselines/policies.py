@@ -329,7 +329,7 @@ def _pick(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor,
         drop_sorted = cum - torch.softmax(sorted_logits, -1) >= sampling.top_p  # keeps the top token always
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     logp = torch.log_softmax(logits, -1)  # (B, V)
-    cdf = logp.exp().double().cumsum(-1)  # (B, V)
+    cdf = logp.exp().cumsum(-1, dtype=torch.float64)  # (B, V)
     u = torch.rand(logits.shape[0], 1, dtype=torch.float64, device=logits.device) * cdf[:, -1:]  # in [0, total)
     # the first index whose cumulative mass exceeds u: a token of non-zero probability
     tok = torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1).squeeze(-1)  # (B,)

@@ -67,7 +67,7 @@ def run_ours(finetune: str, steps: int, warmup: int, device: str) -> dict:
     import torch
 
     from baselines import magrpo
-    from baselines.training import build_policies
+    from baselines.training import build_policies, make_optimizers
     from llm_coop_envs import make
 
     torch.set_num_threads(1)
@@ -85,7 +85,7 @@ def run_ours(finetune: str, steps: int, warmup: int, device: str) -> dict:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     policies = build_policies(cfg, list(env.possible_agents))
-    opts = {a: torch.optim.AdamW(policies.parameters(a), lr=cfg.lr) for a in env.possible_agents}
+    opts = make_optimizers(policies, list(env.possible_agents), cfg)
     times, tokens = [], 0
     for i, item in enumerate(items):
         torch.manual_seed(i)
