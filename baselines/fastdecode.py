@@ -185,15 +185,15 @@ class StackedDecoder:
         """One (B, Hkv, width + extra, D) key and value buffer per layer, prompts right-aligned; the additive
         mask (B * Hkv, 1, width + extra) that hides the padding."""
         B, L = self.A * self.R, self.width + extra
-        ref = caches[0].layers[0].keys
+        ref = caches[0][0]
         self.kv = []
-        for i in range(len(caches[0].layers)):
+        for i in range(len(caches[0]) // 2):
             k = ref.new_zeros(B, self.Hkv, L, self.D)
             v = ref.new_zeros(B, self.Hkv, L, self.D)
             for a, cache in enumerate(caches):
-                rows, P = slice(a * self.R, (a + 1) * self.R), cache.layers[i].keys.shape[2]
-                k[rows, :, self.width - P : self.width] = cache.layers[i].keys
-                v[rows, :, self.width - P : self.width] = cache.layers[i].values
+                rows, P = slice(a * self.R, (a + 1) * self.R), cache[2 * i].shape[2]
+                k[rows, :, self.width - P : self.width] = cache[2 * i]
+                v[rows, :, self.width - P : self.width] = cache[2 * i + 1]
             self.kv.append((k, v))
         allowed = torch.ones(B, L, dtype=torch.bool, device=ref.device)
         allowed[:, : self.width] = torch.cat([F.pad(a.bool(), (self.width - a.shape[1], 0)) for a in attns])
@@ -243,3 +243,49 @@ class StackedDecoder:
             x = torch.baddbmm(x, F.silu(gu[..., : self.I]) * gu[..., self.I :], wd)
         self.filled = stop
         return torch.bmm(self._rms(x), self.head).view(B, -1)
+
+
+def _project(lin, x: torch.Tensor, adapter: str | None) -> torch.Tensor:
+    """A Linear, or a LoRA Linear with `adapter` applied (None: the base alone), whatever adapter is active."""
+    if isinstance(lin, torch.nn.Linear):
+        return F.linear(x, lin.weight, lin.bias)
+    y = lin.base_layer(x)
+    if adapter is None:
+        return y
+    return y + lin.lora_B[adapter](lin.lora_A[adapter](x)) * lin.scaling[adapter]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def prompt_pass(module, ids: torch.Tensor, adapter: str | None) -> tuple[torch.Tensor, ...]:
+    """Forward of unpadded prompts (B, P) that computes only what decoding and scoring read: the keys and
+    values of every layer and the last token's logits. The last layer's attention output and MLP are computed
+    for the last token only (the module computes them for every position, and its backward pass then runs
+    them on zero gradients). Returns (logits (B, 1, V), k_0, v_0, k_1, v_1, ...), each (B, H_kv, P, D); equal
+    to the module's forward up to float rounding (tested). For a model `StackedDecoder.supports`."""
+    base = _base_of(module)
+    m = base.model
+    x = m.embed_tokens(ids)  # (B, P, h)
+    positions = torch.arange(ids.shape[1], device=ids.device)[None]
+    cos, sin = (t[:, None] for t in m.rotary_emb(x, positions))  # (1, 1, P, D)
+    out: list[torch.Tensor] = []
+    for i, layer in enumerate(m.layers):
+        a, last = layer.self_attn, i == len(m.layers) - 1
+        B, P, D = x.shape[0], x.shape[1], a.head_dim
+        h = layer.input_layernorm(x)
+        k = _rotate(_project(a.k_proj, h, adapter).view(B, P, -1, D).transpose(1, 2), cos, sin)
+        v = _project(a.v_proj, h, adapter).view(B, P, -1, D).transpose(1, 2)
+        out += [k, v]
+        if last:  # only the last token goes on
+            h, x, cos, sin = h[:, -1:], x[:, -1:], cos[:, :, -1:], sin[:, :, -1:]
+        q = _rotate(_project(a.q_proj, h, adapter).view(B, h.shape[1], -1, D).transpose(1, 2), cos, sin)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=not last, scale=a.scaling, enable_gqa=True)
+        x = x + _project(a.o_proj, o.transpose(1, 2).reshape(B, h.shape[1], -1), adapter)
+        h = layer.post_attention_layernorm(x)
+        mlp = layer.mlp
+        act = F.silu(_project(mlp.gate_proj, h, adapter)) * _project(mlp.up_proj, h, adapter)
+        x = x + _project(mlp.down_proj, act, adapter)
+    return (base.lm_head(m.norm(x)), *out)

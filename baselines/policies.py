@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from baselines.embedded import EMBEDDED_DIR
-from baselines.fastdecode import StackedDecoder, _base_of
+from baselines.fastdecode import StackedDecoder, _base_of, prompt_pass
 from baselines.objectives import completion_mask, completion_token_logprobs
 
 Finetune = Literal["lora", "full"]
@@ -296,7 +296,7 @@ class Policies:
                 m.module.set_adapter(m.adapter)
             state = c.prompt_state
             reuse = (state, self.parameters(agent)) if state and state.versions == self._versions(agent) else None
-            return score(m.module, c, reuse)
+            return score(m.module, c, reuse, m.adapter)
         with torch.no_grad():
             if m.adapter is not None:
                 with m.module.disable_adapter():
@@ -444,15 +444,23 @@ def _stacked_decoding(modules, adapters, encoded, repeats, budget):
     KV) when it is one unpadded prompt (the update reuses it); every agent is prefilled on its own."""
     caches, attns, first, prefills = [], [], [], []
     for module, adapter, (ids, attn) in zip(modules, adapters, encoded, strict=True):
-        out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
-        kv = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-        prefills.append((out.logits, kv) if ids.shape[0] == 1 and bool(attn.all()) else None)
-        out.past_key_values.batch_repeat_interleave(repeats)
-        caches.append(out.past_key_values)
+        single = ids.shape[0] == 1 and bool(attn.all())
+        logits, *kv = _prefill_kv(module, ids, attn, adapter, single)
+        prefills.append((logits, kv) if single else None)
+        caches.append([t.repeat_interleave(repeats, dim=0) for t in kv])
         attns.append(attn.repeat_interleave(repeats, dim=0))
-        first.append(out.logits[:, -1].repeat_interleave(repeats, dim=0))
+        first.append(logits[:, -1].repeat_interleave(repeats, dim=0))
     decoder = StackedDecoder(modules, adapters, caches, attns, budget)
     return torch.cat(first), lambda tok, pos, t: decoder.step(tok, pos), prefills
+
+
+def _prefill_kv(module, ids, attn, adapter: str | None, unpadded: bool) -> tuple[torch.Tensor, ...]:
+    """(last logits (R, 1, V), k_0, v_0, k_1, ...): the lean prompt pass for unpadded prompts, else the
+    module's forward (each row with `adapter`)."""
+    if unpadded:
+        return prompt_pass(module, ids, adapter)
+    out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
+    return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
 
 
 def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
@@ -503,25 +511,33 @@ class _ReusedForward(torch.autograd.Function):
         return (None, None, None, *param_grads)
 
 
-def _prompt_forward(module, ids: torch.Tensor, reuse: tuple | None):
-    """The prompt's last logits and its KV cache, computed as sampling's prefill is (with LoRA through the
-    active adapter: PEFT's per-row `adapter_names` hooks are not removed when checkpointing stops a
-    recomputation early, so the update never uses them). With grad, the prompt's
-    activations are not kept for the backward pass but recomputed there (activation checkpointing: the same
-    values and gradients, less peak memory); `reuse` = (PromptState, the agent's trainable tensors) takes the
-    forward values from sampling's prefill instead of running the prompt again."""
+def _prompt_forward(module, ids: torch.Tensor, adapter: str | None, reuse: tuple | None):
+    """The prompt's last logits and its KV cache, computed as sampling's prefill is: the lean prompt pass
+    where the stacked decoder applies (with the agent's `adapter` explicitly), else the module's forward
+    through its active adapter. With grad, the prompt's activations are not kept for the backward pass but
+    recomputed there (activation checkpointing: the same values and gradients, less peak memory); `reuse` =
+    (PromptState, the agent's trainable tensors) takes the forward values from sampling's prefill instead of
+    running the prompt again."""
     from torch.utils.checkpoint import checkpoint
     from transformers.cache_utils import DynamicCache
 
+    lean = StackedDecoder.supports(module)
+
     def run(ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if lean:
+            return prompt_pass(module, ids, adapter)
+        # PEFT's per-row `adapter_names` hooks stay behind when checkpointing stops a recomputation early
         out = _prefill(module, ids, torch.ones_like(ids), None)
         return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
 
     layer_types = getattr(_base_of(module).config, "layer_types", None) or []
     if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
-        out = _prefill(module, ids, torch.ones_like(ids), None)
-        return out.logits, out.past_key_values
-    if reuse is not None:
+        if lean:
+            logits, *kv = run(ids)
+        else:
+            out = _prefill(module, ids, torch.ones_like(ids), None)
+            return out.logits, out.past_key_values
+    elif reuse is not None:
         state, params = reuse
         logits, *kv = _ReusedForward.apply(run, ids, [state.logits, *state.kv], *params)
     else:
@@ -529,13 +545,13 @@ def _prompt_forward(module, ids: torch.Tensor, reuse: tuple | None):
     return logits, DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2], strict=True)))
 
 
-def score(module, c: Completions, reuse: tuple | None = None) -> torch.Tensor:  # (B, T)
-    """Token log-probs of the completions under `module` (with LoRA: its active adapter). When every row answers the same prompt, the prompt is run once (or its sampling prefill
+def score(module, c: Completions, reuse: tuple | None = None, adapter: str | None = None) -> torch.Tensor:  # (B, T)
+    """Token log-probs of the completions under `module` (with LoRA: its active adapter, `adapter`). When every row answers the same prompt, the prompt is run once (or its sampling prefill
     reused, see `_prompt_forward`) and its KV cache shared by the rows (same result as the full forward)."""
     P, T = c.prompt_width, c.sequences.shape[1] - c.prompt_width
     if c.shared_prompt and bool(c.prompt_mask.all()):
         B = c.sequences.shape[0]
-        prompt_logits, cache = _prompt_forward(module, c.sequences[:1, :P], reuse)
+        prompt_logits, cache = _prompt_forward(module, c.sequences[:1, :P], adapter, reuse)
         cache.batch_repeat_interleave(B)
         attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
         pos = torch.arange(P, P + T, device=attn.device).expand(B, T)

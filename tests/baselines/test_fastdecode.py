@@ -6,7 +6,7 @@ import torch
 
 import baselines.fastdecode as fastdecode
 import baselines.policies as pol_mod
-from baselines.fastdecode import StackedDecoder
+from baselines.fastdecode import StackedDecoder, prompt_pass
 from baselines.policies import Completions, Policies, SamplingConfig, _pick, _positions, _prefill
 
 
@@ -38,7 +38,7 @@ def _stacked_logits(modules, adapters, encoded, tokens):
         caches, first = [], []
         for module, adapter, (ids, attn) in zip(modules, adapters, encoded, strict=True):
             out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
-            caches.append(out.past_key_values)
+            caches.append([t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
             first.append(out.logits[:, -1])
         decoder = StackedDecoder(modules, adapters, caches, [a for _, a in encoded], extra=tokens[0].shape[0])
         pos = torch.cat([a.sum(dim=1, keepdim=True) for _, a in encoded])
@@ -89,6 +89,23 @@ def test_lora_adapters_are_merged_per_agent():
     for a, (name, (ids, attn), tok) in enumerate(zip(["first", "second"], encoded, tokens, strict=True)):
         ref = _module_logits(module, ids, attn, tok, adapter=name)
         assert torch.allclose(stacked[:, 2 * a : 2 * a + 2], ref, atol=1e-4), name
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_prompt_pass_equals_the_module_forward(finetune):
+    torch.manual_seed(0)
+    policies = Policies(["first", "second"], None, finetune, lora_r=4)
+    m = policies.members["second"]
+    with torch.no_grad():
+        for n, p in m.module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+        ids = torch.randint(5, 1900, (2, 37))
+        ref = _prefill(m.module, ids, torch.ones_like(ids), None if m.adapter is None else [m.adapter] * 2)
+        logits, *kv = prompt_pass(m.module, ids, m.adapter)
+    assert torch.allclose(logits, ref.logits, atol=1e-5)
+    module_kv = [t for layer in ref.past_key_values.layers for t in (layer.keys, layer.values)]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(kv, module_kv, strict=True))
 
 
 def test_models_that_cannot_stack_decode_through_the_module(monkeypatch):
