@@ -131,13 +131,22 @@ class StackedDecoder:
         return size * len(modules) <= STACK_BYTES_LIMIT
 
     def __init__(
-        self, modules: Sequence, adapters: Sequence[str | None], caches: Sequence, attns: Sequence, extra: int
+        self,
+        modules: Sequence,
+        adapters: Sequence[str | None],
+        caches: Sequence,
+        attns: Sequence,
+        repeats: int,
+        extra: int,
     ):
         """`modules`/`adapters`: each agent's model and LoRA adapter (None: plain); `caches`: each agent's
-        prefilled cache (R rows); `attns`: each agent's prompt attention mask (R, P_a); `extra`: token budget."""
-        self.A, self.R = len(modules), attns[0].shape[0]
-        if any(a.shape[0] != self.R for a in attns):
-            raise ValueError("every agent needs the same number of rows")
+        prefilled keys and values [k_0, v_0, k_1, ...], each (N, H_kv, P_a, D) for its N distinct prompts;
+        `attns`: each agent's prompt attention mask (N, P_a); `repeats`: rows per distinct prompt (G);
+        `extra`: token budget. Rows are agent-major, prompt-major: (agent, prompt, repeat)."""
+        self.A, self.N, self.G = len(modules), attns[0].shape[0], repeats
+        if any(a.shape[0] != self.N for a in attns):
+            raise ValueError("every agent needs the same number of prompts")
+        self.U, self.R = self.A * self.N, self.N * repeats  # distinct prompts; rows per agent
         bases = [_base_of(m) for m in modules]
         cfg = bases[0].config
         self.H, self.Hkv, self.D = cfg.num_attention_heads, cfg.num_key_value_heads, _head_dim(modules[0])
@@ -147,7 +156,7 @@ class StackedDecoder:
         self._weights(bases, adapters)
         self._buffers(caches, attns, extra)
         self._rotary(bases[0].model.rotary_emb, self.width + extra + 1, attns[0].device)
-        self.filled = self.width
+        self.generated = 0
 
     def _weights(self, bases: list, adapters: Sequence[str | None]) -> None:
         """Per layer the stacked W^T of the fused projections; each RMSNorm's weight is folded into the
@@ -182,23 +191,23 @@ class StackedDecoder:
         return torch.stack([n.weight for n in norms])[:, :, None]
 
     def _buffers(self, caches: Sequence, attns: Sequence, extra: int) -> None:
-        """One (B, Hkv, width + extra, D) key and value buffer per layer, prompts right-aligned; the additive
-        mask (B * Hkv, 1, width + extra) that hides the padding."""
-        B, L = self.A * self.R, self.width + extra
+        """Per layer: ONE copy of each distinct prompt's keys and values (U, Hkv, width, D), right-aligned,
+        read together by its G rows; the generated keys and values (U, Hkv, G, extra, D); the additive mask
+        (U * Hkv, 1, width) that hides the prompts' padding."""
+        U, Hkv, D, W = self.U, self.Hkv, self.D, self.width
         ref = caches[0][0]
         self.kv = []
         for i in range(len(caches[0]) // 2):
-            k = ref.new_zeros(B, self.Hkv, L, self.D)
-            v = ref.new_zeros(B, self.Hkv, L, self.D)
+            kp, vp = ref.new_zeros(U, Hkv, W, D), ref.new_zeros(U, Hkv, W, D)
             for a, cache in enumerate(caches):
-                rows, P = slice(a * self.R, (a + 1) * self.R), cache[2 * i].shape[2]
-                k[rows, :, self.width - P : self.width] = cache[2 * i]
-                v[rows, :, self.width - P : self.width] = cache[2 * i + 1]
-            self.kv.append((k, v))
-        allowed = torch.ones(B, L, dtype=torch.bool, device=ref.device)
-        allowed[:, : self.width] = torch.cat([F.pad(a.bool(), (self.width - a.shape[1], 0)) for a in attns])
-        mask = torch.zeros(B, L, dtype=ref.dtype, device=ref.device).masked_fill(~allowed, float("-inf"))
-        self.mask = mask[:, None, None, :].expand(B, self.Hkv, 1, L).reshape(B * self.Hkv, 1, L)
+                rows, P = slice(a * self.N, (a + 1) * self.N), cache[2 * i].shape[2]
+                kp[rows, :, W - P :] = cache[2 * i]
+                vp[rows, :, W - P :] = cache[2 * i + 1]
+            kg, vg = ref.new_zeros(U, Hkv, self.G, extra, D), ref.new_zeros(U, Hkv, self.G, extra, D)
+            self.kv.append((kp.view(U * Hkv, W, D), vp.view(U * Hkv, W, D), kg, vg))
+        allowed = torch.cat([F.pad(a.bool(), (W - a.shape[1], 0)) for a in attns])  # (U, W)
+        mask = torch.zeros(U, W, dtype=ref.dtype, device=ref.device).masked_fill(~allowed, float("-inf"))
+        self.mask = mask[:, None, None, :].expand(U, Hkv, 1, W).reshape(U * Hkv, 1, W)
 
     def _rotary(self, rotary, positions: int, device) -> None:
         """cos/sin (positions, D) and the signed permutation R with x @ R = rotate_half(x) (exact)."""
@@ -220,28 +229,31 @@ class StackedDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # (B,), (B, 1) -> (B, V)
         """Logits of the next token after appending `tokens` at `positions` (each row's own position)."""
         A, R, H, Hkv, D = self.A, self.R, self.H, self.Hkv, self.D
-        B = A * R
+        U, G, groups, B = self.U, self.G, H // Hkv, A * R
         x = F.embedding(tokens + self.offset, self.embed).view(A, R, -1)
         cos, sin = self.cos[positions[:, 0]][:, None, :], self.sin[positions[:, 0]][:, None, :]  # (B, 1, D)
-        stop = self.filled + 1
-        mask = self.mask[..., :stop]
-        for ((wqkv, bqkv), wo, wgu, wd), (kbuf, vbuf) in zip(self.layers, self.kv, strict=True):
+        t = self.generated + 1  # generated keys including this token's
+        for ((wqkv, bqkv), wo, wgu, wd), (kp, vp, kg, vg) in zip(self.layers, self.kv, strict=True):
             h = self._rms(x)
             qkv = (torch.baddbmm(bqkv, h, wqkv) if bqkv is not None else torch.bmm(h, wqkv)).view(B, H + 2 * Hkv, D)
             qk = qkv[:, : H + Hkv]
             qk = torch.addcmul(qk * cos, qk @ self.rot, sin)  # rotary embedding of q and k together
-            kbuf[:, :, stop - 1] = qk[:, H:]
-            vbuf[:, :, stop - 1] = qkv[:, H + Hkv :]
-            q = qk[:, :H].reshape(B * Hkv, H // Hkv, D)  # the query heads of each KV head as its queries
-            keys = kbuf.view(B * Hkv, -1, D)[:, :stop]
-            scores = torch.baddbmm(mask, q, keys.transpose(1, 2), alpha=self.scale)  # (B*Hkv, groups, stop)
-            o = torch.bmm(
-                torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), vbuf.view(B * Hkv, -1, D)[:, :stop]
-            )
-            x = torch.baddbmm(x, o.view(A, R, H * D), wo)
+            kg[:, :, :, t - 1] = qk[:, H:].view(U, G, Hkv, D).transpose(1, 2)
+            vg[:, :, :, t - 1] = qkv[:, H + Hkv :].view(U, G, Hkv, D).transpose(1, 2)
+            # the G rows' query heads of each (prompt, KV head) as one block of queries: (U*Hkv, G*groups, D)
+            q = (qk[:, :H] * self.scale).view(U, G, Hkv, groups, D).transpose(1, 2).reshape(U * Hkv, G * groups, D)
+            keys = kg.view(U * Hkv * G, -1, D)[:, :t]
+            own = torch.bmm(q.view(U * Hkv * G, groups, D), keys.transpose(1, 2)).view(U * Hkv, G * groups, t)
+            scores = torch.cat([torch.baddbmm(self.mask, q, kp.transpose(1, 2)), own], dim=-1)
+            p = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (U*Hkv, G*groups, width + t)
+            o = torch.bmm(p[..., : self.width], vp) + torch.bmm(
+                p[..., self.width :].reshape(U * Hkv * G, groups, t), vg.view(U * Hkv * G, -1, D)[:, :t]
+            ).view(U * Hkv, G * groups, D)
+            o = o.view(U, Hkv, G, groups, D).transpose(1, 2).reshape(A, R, H * D)
+            x = torch.baddbmm(x, o, wo)
             gu = torch.bmm(self._rms(x), wgu)
             x = torch.baddbmm(x, F.silu(gu[..., : self.I]) * gu[..., self.I :], wd)
-        self.filled = stop
+        self.generated = t
         return torch.bmm(self._rms(x), self.head).view(B, -1)
 
 

@@ -447,10 +447,10 @@ def _stacked_decoding(modules, adapters, encoded, repeats, budget):
         single = ids.shape[0] == 1 and bool(attn.all())
         logits, *kv = _prefill_kv(module, ids, attn, adapter, single)
         prefills.append((logits, kv) if single else None)
-        caches.append([t.repeat_interleave(repeats, dim=0) for t in kv])
-        attns.append(attn.repeat_interleave(repeats, dim=0))
+        caches.append(kv)
+        attns.append(attn)
         first.append(logits[:, -1].repeat_interleave(repeats, dim=0))
-    decoder = StackedDecoder(modules, adapters, caches, attns, budget)
+    decoder = StackedDecoder(modules, adapters, caches, attns, repeats, budget)
     return torch.cat(first), lambda tok, pos, t: decoder.step(tok, pos), prefills
 
 

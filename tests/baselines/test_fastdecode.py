@@ -40,7 +40,7 @@ def _stacked_logits(modules, adapters, encoded, tokens):
             out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
             caches.append([t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
             first.append(out.logits[:, -1])
-        decoder = StackedDecoder(modules, adapters, caches, [a for _, a in encoded], extra=tokens[0].shape[0])
+        decoder = StackedDecoder(modules, adapters, caches, [a for _, a in encoded], 1, extra=tokens[0].shape[0])
         pos = torch.cat([a.sum(dim=1, keepdim=True) for _, a in encoded])
         logits = [torch.cat(first)]
         for tok in torch.cat(tokens, dim=1)[:-1]:
