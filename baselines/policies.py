@@ -68,6 +68,18 @@ class Completions:
     def prompt_width(self) -> int:
         return self.prompt_mask.shape[1]
 
+    def rows(self, start: int, stop: int) -> Completions:
+        """Rows start:stop answering ONE prompt (shared prompt), without the prompt columns that are padding
+        in all of them and the completion columns after all of them ended."""
+        attn, mask = self.prompt_mask[start:stop], self.mask[start:stop]
+        cut = int(attn.argmax(dim=1).min()) if bool(attn.any(dim=1).all()) else 0
+        width = int(mask.any(dim=0).nonzero().max()) + 1 if bool(mask.any()) else mask.shape[1]
+        end = self.prompt_width + width
+        lps = None if self.sample_logprobs is None else self.sample_logprobs[start:stop, :width]
+        return Completions(
+            self.sequences[start:stop, cut:end], attn[:, cut:], mask[:, :width], self.texts[start:stop], lps, True
+        )
+
 
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer

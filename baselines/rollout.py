@@ -1,9 +1,10 @@
 """Rollouts shared by every algorithm: tree rollouts on env branches, the per-node policy update, evaluation.
 
 A rollout starts from an env that was just reset on one task. At each node every agent samples G responses
-(one batched `generate` for all agents when they share a LoRA base); the node's joint actions (`aligned` or
-`cross`) are each stepped on an exact clone of the node's env; in a multi-turn env each joint action that
-did not end the episode spawns a child node whose prompts are the observations that clone returned.
+(one batched `generate` per tree level: every open node's prompts, all agents); the node's joint actions
+(`aligned` or `cross`) are each stepped on an exact clone of the node's env; in a multi-turn env each
+joint action that did not end the episode spawns a child node whose prompts are the observations that
+clone returned.
 Rewards are recorded per node as a (J, K) tensor: K = 1 (the joint reward) or K = n (each agent's own
 reward), chosen by the algorithm through the env's `reward_mode`.
 """
@@ -40,12 +41,37 @@ class RolloutSettings:
     sampling: SamplingConfig
 
 
-def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSettings, turn: int = 1) -> Node:
-    """Expand one node from `env` (whose current observations are `obs`) and, recursively, its children."""
-    agents = list(env.agents)
+def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSettings) -> Node:
+    """The rollout tree from `env` (whose current observations are `obs`), expanded level by level: at each
+    turn the prompts of every open node are sampled in ONE `generate` call (nodes x G samples per agent)."""
     G = rs.num_generations
-    completions = policies.generate({a: [obs[a]["prompt"]] for a in agents}, rs.sampling, repeats=G)
-    actions = joint_actions(len(agents), G, rs.joint_mode)  # type: ignore[arg-type]
+    frontier: list[tuple[Any, dict, Node | None, int]] = [(env, obs, None, 0)]  # env, obs, parent, slot
+    root: Node | None = None
+    turn = 1
+    while frontier:
+        agents = list(frontier[0][0].agents)
+        prompts = {a: [o[a]["prompt"] for _, o, _, _ in frontier] for a in agents}
+        sampled = policies.generate(prompts, rs.sampling, repeats=G)
+        opened: list[tuple[Any, dict, Node | None, int]] = []
+        for i, (node_env, _, parent, slot) in enumerate(frontier):
+            own = sampled if len(frontier) == 1 else {a: sampled[a].rows(i * G, (i + 1) * G) for a in agents}
+            node, branches = _expand(node_env, own, rs, turn)
+            if parent is None:
+                root = node
+            else:
+                parent.children[slot] = node
+            if turn < rs.max_turns and should_expand(node.rewards, rs.early_termination):
+                opened += [(b[0], b[1], node, j) for j, b in enumerate(branches) if b is not None]
+        frontier, turn = opened, turn + 1
+    assert root is not None
+    return root
+
+
+def _expand(env, completions: dict[str, Completions], rs: RolloutSettings, turn: int) -> tuple[Node, list]:
+    """One node: its joint actions (`aligned` or `cross`) each stepped on an exact clone of `env`; returns
+    the node (children not yet filled) and, per joint action, (clone, observations) or None if it ended."""
+    agents = list(completions)
+    actions = joint_actions(len(agents), rs.num_generations, rs.joint_mode)  # type: ignore[arg-type]
     rewards, joint, branches = [], [], []
     for action in actions:
         branch = env.clone()
@@ -62,11 +88,8 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
     node = Node(
         rewards=reward_t, completions=completions, actions=actions, joint_rewards=torch.tensor(joint), turn=turn
     )
-    expand = turn < rs.max_turns and should_expand(node.rewards, rs.early_termination)
-    node.children = [
-        rollout_tree(b[0], b[1], policies, rs, turn + 1) if expand and b is not None else None for b in branches
-    ]
-    return node
+    node.children = [None] * len(actions)
+    return node, branches
 
 
 def walk(node: Node) -> list[Node]:

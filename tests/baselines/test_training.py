@@ -182,6 +182,29 @@ def test_multi_turn_tree_and_cross_mode_run():
     assert stats["tree/nodes"] == 1
 
 
+def test_tree_levels_are_sampled_in_one_call_each_and_nodes_get_their_own_rows():
+    from baselines.rollout import RolloutSettings, rollout_tree, walk
+
+    torch.manual_seed(0)
+    env = ToyEnv(max_turns=3)
+    policies = Policies(env.possible_agents, None, "full")
+    calls: list[dict[str, list[str]]] = []
+    original = policies.generate
+    policies.generate = lambda prompts, *a, **k: calls.append(prompts) or original(prompts, *a, **k)  # type: ignore[method-assign]
+    obs, _ = env.reset(options={"task_id": "train-0"})
+    root = rollout_tree(env, obs, policies, RolloutSettings(2, "aligned", 3, None, SamplingConfig(8)))
+    nodes = walk(root)
+    assert len(nodes) == 1 + 2 + 4 and len(calls) == 3, "one generate call per tree level"
+    assert [len(c[env.possible_agents[0]]) for c in calls] == [1, 2, 4]
+    tok = policies.members[env.possible_agents[0]].tokenizer
+    for level, members in ((1, nodes[1:3]), (2, nodes[3:])):
+        for i, node in enumerate(members):
+            for agent, c in node.completions.items():
+                assert c.sequences.shape[0] == 2 and c.shared_prompt and bool(c.prompt_mask.all())
+                prompt = tok.decode(c.sequences[0, : c.prompt_width])
+                assert prompt == tok.decode(tok(calls[level][agent][i])["input_ids"]), (level, i, agent)
+
+
 def _rows(path: Path) -> list[dict]:
     return [
         {k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
