@@ -1,17 +1,20 @@
 """Agent policies: Hugging Face causal LMs, batched sampling, and token log-probs of sampled responses.
 
 Layouts (`finetune`):
-- `lora` (default): ONE frozen base model and one LoRA adapter per agent (PEFT multi-adapter). All agents'
-  G samples are generated in ONE batched `generate` call, each row routed to its agent's adapter
-  (`adapter_names`); the reference policy for KL is the base with adapters disabled.
-- `full`: one full copy of the model per agent, all weights trained (the paper's setting); one batched
-  `generate` call per agent.
+- `lora` (default): ONE frozen base model and one LoRA adapter per agent (PEFT multi-adapter); the
+  reference policy for KL is the base with adapters disabled.
+- `full`: one full copy of the model per agent, all weights trained (the paper's setting).
 - a different model per agent: pass one name per agent (`models=[a, b]`); each gets its own model and
   tokenizer (with `lora`, its own base with one adapter).
 
-Prompts are left-padded; pad defaults to EOS when a tokenizer has none; generation uses the KV cache; an
-optional chat template wraps each prompt as one user message. The log-prob forward gives the model the same
-position ids as generation did (cumulative attention mask), so training scores exactly what was sampled.
+Sampling decodes all agents in as few loops as possible: agents whose models the stacked decoder serves
+(`baselines/fastdecode.py`: Qwen2 architecture, same shapes, small enough to copy) share ONE loop, each row
+with its own agent's weights (full) or merged adapter (LoRA); agents sharing one larger LoRA base share one
+loop through the module with a different adapter per row (`adapter_names`); anything else gets a loop of
+its own. Prompts are left-padded; pad defaults to EOS when a tokenizer has none; generation uses the KV
+cache; an optional chat template wraps each prompt as one user message. The log-prob forward gives the
+model the same position ids as generation did (cumulative attention mask), so training scores exactly what
+was sampled; while an agent's weights are unchanged since sampling, its prompt's forward is reused.
 """
 
 from __future__ import annotations
