@@ -118,6 +118,9 @@ class StackedDecoder:
             for lin in (*_attn_linears(layer.self_attn), *_mlp_linears(layer.mlp)):
                 if not isinstance(lin, torch.nn.Linear) and not (hasattr(lin, "lora_A") and _plain_lora(lin)):
                     return False
+            unbiased = (layer.self_attn.o_proj, *_mlp_linears(layer.mlp))  # the decoder applies no bias there
+            if any(getattr(getattr(lin, "base_layer", lin), "bias", None) is not None for lin in unbiased):
+                return False
         return isinstance(base.lm_head, torch.nn.Linear) and isinstance(base.model.embed_tokens, torch.nn.Embedding)
 
     @staticmethod

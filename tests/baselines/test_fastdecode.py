@@ -191,3 +191,14 @@ def test_update_reuses_the_sampling_prefill_only_while_weights_are_unchanged(fin
     finally:
         pol_mod._ReusedForward.apply = original
     assert not calls, "stale prefill must not be reused after the weights changed"
+
+
+def test_decoder_refuses_what_it_cannot_serve():
+    module = Policies(["a"], finetune="full").members["a"].module
+    assert StackedDecoder.supports(module)
+    o_proj = module.model.layers[0].self_attn.o_proj
+    o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
+    assert not StackedDecoder.supports(module), "a bias where Qwen2 has none"
+    o_proj.bias = None
+    module.train()
+    assert not StackedDecoder.supports(module), "training mode (dropout)"
