@@ -112,6 +112,7 @@ class _Member:
     def __init__(self, module, tokenizer, adapter: str | None, eos_ids: list[int]):
         self.module, self.tokenizer, self.adapter, self.eos_ids = module, tokenizer, adapter, eos_ids
         self.reference = None  # frozen copy for KL in full fine-tuning
+        self.params: list[torch.nn.Parameter] | None = None  # the trainable tensors, found on first use
 
 
 class Policies:
@@ -182,9 +183,12 @@ class Policies:
     def parameters(self, agent: str) -> list[torch.nn.Parameter]:
         """The trainable parameters of one agent (its LoRA matrices, or its whole model)."""
         m = self.members[agent]
-        if m.adapter is None:
-            return list(m.module.parameters())
-        return [p for n, p in m.module.named_parameters() if f".{m.adapter}." in n and "lora_" in n]
+        if m.params is None:  # found once: walking a PEFT model's modules costs milliseconds
+            if m.adapter is None:
+                m.params = list(m.module.parameters())
+            else:
+                m.params = [p for n, p in m.module.named_parameters() if f".{m.adapter}." in n and "lora_" in n]
+        return list(m.params)
 
     def state_dict(self, agent: str) -> dict[str, torch.Tensor]:
         m = self.members[agent]
