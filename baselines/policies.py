@@ -418,6 +418,7 @@ def sample(
 
 
 def _sample(modules, adapters, encoded, repeats, sampling, eos_ids, pad_id):
+    """The decoding loop of `sample` (stacked decoder or module), in inference mode."""
     prefills: list = [None] * len(encoded)
     if len({len(ids) for ids, _ in encoded}) == 1 and StackedDecoder.can_stack(modules):
         logits, step, prefills = _stacked_decoding(modules, adapters, encoded, repeats, sampling.max_new_tokens)
@@ -438,11 +439,15 @@ def _sample(modules, adapters, encoded, repeats, sampling, eos_ids, pad_id):
             break
         logits = step(tok, pos, t)
         pos = pos + 1
-    new, lps = torch.stack(tokens, dim=1), torch.stack(logps, dim=1)  # (B, T)
+    return _per_agent(encoded, prefills, torch.stack(tokens, dim=1), torch.stack(logps, dim=1), repeats, eos_ids)
+
+
+def _per_agent(encoded, prefills, new: torch.Tensor, lps: torch.Tensor, repeats: int, eos_ids: list[int]):
+    """Split the loop's (B, T) tokens and log-probs by agent: (sequences, log-probs, prefill) per agent, each
+    cut to the agent's own length (the columns after all its rows ended, while others went on, are pads)."""
     out, start = [], 0
     for (ids, _), prefill in zip(encoded, prefills, strict=True):
         rows = slice(start, start + ids.shape[0] * repeats)
-        # the agent's own length: the columns after all its rows ended (while other agents' went on) are dropped
         width = int(completion_mask(new[rows], eos_ids).any(dim=0).nonzero().max()) + 1
         seqs = torch.cat([ids.repeat_interleave(repeats, dim=0), new[rows, :width]], dim=1)
         out.append((seqs, lps[rows, :width], prefill))
