@@ -57,6 +57,11 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip()
 
 
+_OUTPUTS = tuple(f":(exclude)leaderboards/{d}" for d in ("entries", "transcripts", "generated"))
+"""The leaderboard's own outputs: changes there (e.g. entries rewritten by a regeneration in progress) do not
+make the tree dirty for provenance."""
+
+
 def collect_provenance(command: str, sandbox_backend: str | None, hardware: str | None = None) -> dict[str, Any]:
     """Package version, git commit (and whether the tree was dirty), library versions, hardware."""
     libraries = {}
@@ -69,7 +74,7 @@ def collect_provenance(command: str, sandbox_backend: str | None, hardware: str 
     return {
         "package_version": llm_coop_envs.__version__,
         "git_commit": commit if commit and len(commit) == 40 else None,
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *_OUTPUTS)),
         "command": command,
         "python": platform.python_version(),
         "libraries": libraries,

@@ -98,3 +98,28 @@ def test_load_entry_checks_file_name_and_transcript_hash(board: Path) -> None:
     path.rename(renamed)
     with pytest.raises(EntryError, match="must equal the file name"):
         load_entry(renamed, board)
+
+
+def test_provenance_dirty_flag_ignores_the_leaderboards_own_outputs(monkeypatch, tmp_path):
+    """A tree whose only changes are regenerated entries/transcripts/tables is clean for provenance."""
+    import subprocess
+
+    import baselines.leaderboard.entries as entries_mod
+
+    repo = tmp_path / "repo"
+    for d in ("leaderboards/entries", "leaderboards/generated", "baselines/leaderboard", "src"):
+        (repo / d).mkdir(parents=True)
+    (repo / "leaderboards/entries/e.json").write_text("{}")
+    (repo / "src/code.py").write_text("x = 1\n")
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    monkeypatch.setattr(entries_mod, "_git", git)
+    (repo / "leaderboards/entries/e.json").write_text('{"changed": true}')
+    assert entries_mod.collect_provenance("cmd", None)["git_dirty"] is False
+    (repo / "src/code.py").write_text("x = 2\n")
+    assert entries_mod.collect_provenance("cmd", None)["git_dirty"] is True
