@@ -122,6 +122,24 @@ def test_models_that_cannot_stack_decode_through_the_module(monkeypatch):
         assert torch.allclose(policies.token_logprobs(agent, c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
 
 
+def test_a_lora_base_too_large_to_stack_decodes_through_the_module_in_one_loop(monkeypatch):
+    torch.manual_seed(0)
+    policies = Policies(["first", "second"], None, "lora", lora_r=4)
+    with torch.no_grad():
+        for n, p in policies.members["first"].module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    monkeypatch.setattr(fastdecode, "STACK_BYTES_LIMIT", 1000)
+    calls = []
+    original = pol_mod._module_decoding
+    monkeypatch.setattr(pol_mod, "_module_decoding", lambda *a, **k: calls.append(1) or original(*a, **k))
+    out = policies.generate({"first": ["Hello."], "second": ["A longer prompt here."]}, SamplingConfig(8), repeats=2)
+    assert len(calls) == 1, "agents sharing one LoRA base: one module loop, an adapter per row"
+    for agent, c in out.items():
+        assert c.prompt_mask.all(), "each agent's rows keep only their own prompt width"
+        assert torch.allclose(policies.token_logprobs(agent, c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
+
+
 def test_stacked_generation_is_one_loop_for_two_full_models(monkeypatch):
     policies = Policies(["first", "second"], finetune="full")
     calls = []
