@@ -72,27 +72,32 @@ def _head_dim(module) -> int:
     return _base_of(module).model.layers[0].self_attn.head_dim
 
 
-Dense = tuple[torch.Tensor, torch.Tensor | None]  # (weight (out, in), bias (out,) or None)
-
-
-def _dense(lin, adapter: str | None) -> Dense:
-    """(weight (out, in), bias) of a Linear or of a LoRA Linear with `adapter` merged in (no grad)."""
-    if isinstance(lin, torch.nn.Linear):
-        return lin.weight, lin.bias
-    base = lin.base_layer
-    if adapter is None:
-        raise ValueError("a LoRA-wrapped model needs the adapter of its rows")
-    delta = (lin.lora_B[adapter].weight @ lin.lora_A[adapter].weight) * lin.scaling[adapter]
-    return base.weight + delta, base.bias
-
-
-def _stack(parts: list[list[Dense]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per agent a list of (weight, bias) of projections that share an input -> W^T (A, in, sum out), bias."""
-    w = torch.stack([torch.cat([wb[0] for wb in agent]) for agent in parts]).transpose(1, 2).contiguous()
-    if all(wb[1] is None for agent in parts for wb in agent):
-        return w, None
-    biases = [[b if b is not None else w.new_zeros(w.shape[0]) for w, b in agent] for agent in parts]
-    return w, torch.stack([torch.cat(b) for b in biases])[:, None, :]  # (A, 1, out)
+def _stack(per_agent: list[tuple[Sequence, str | None]], scale: torch.Tensor | None = None):
+    """W^T (A, in, sum of outs) of each agent's projections that read one input, written in place: a Linear's
+    weight, or a LoRA Linear's base weight + scale * B A of the agent's adapter (no grad); every row scaled by
+    `scale` (A, in, 1) when given (a folded RMSNorm weight). Also the biases (A, 1, sum of outs) or None."""
+    bases = [getattr(lin, "base_layer", lin) for lin in per_agent[0][0]]
+    outs = [b.out_features for b in bases]
+    ref = bases[0].weight
+    w = ref.new_empty(len(per_agent), bases[0].in_features, sum(outs))
+    bias = None if all(b.bias is None for b in bases) else ref.new_zeros(len(per_agent), 1, sum(outs))
+    for a, (lins, adapter) in enumerate(per_agent):
+        col = 0
+        for lin, n in zip(lins, outs, strict=True):
+            plain, block = getattr(lin, "base_layer", lin), w[a, :, col : col + n]
+            block.copy_(plain.weight.t())
+            if plain is not lin:  # LoRA
+                if adapter is None:
+                    raise ValueError("a LoRA-wrapped model needs the adapter of its rows")
+                a_t, b_t = lin.lora_A[adapter].weight.t(), lin.lora_B[adapter].weight.t()
+                block.addmm_(a_t, b_t, alpha=lin.scaling[adapter])
+            if plain.bias is not None:
+                assert bias is not None
+                bias[a, 0, col : col + n] = plain.bias
+            col += n
+    if scale is not None:
+        w.mul_(scale)
+    return w, bias
 
 
 class StackedDecoder:
@@ -167,19 +172,18 @@ class StackedDecoder:
         self.layers = []
         for i in range(len(bases[0].model.layers)):
             per_agent = [(b.model.layers[i], name) for b, name in zip(bases, adapters, strict=True)]
-            attn = [[_dense(lin, n) for lin in _attn_linears(layer.self_attn)] for layer, n in per_agent]
-            mlp = [[_dense(lin, n) for lin in _mlp_linears(layer.mlp)] for layer, n in per_agent]
+            attn = [(_attn_linears(layer.self_attn), n) for layer, n in per_agent]
+            mlp = [(_mlp_linears(layer.mlp), n) for layer, n in per_agent]
             n1, n2 = (
                 self._norm([getattr(layer, k) for layer, _ in per_agent])
                 for k in ("input_layernorm", "post_attention_layernorm")
             )
-            wqkv, bqkv = _stack([a[:3] for a in attn])  # fused q, k, v
             self.layers.append(
                 (
-                    (wqkv * n1, bqkv),
-                    _stack([a[3:] for a in attn])[0],  # o (no bias in Qwen2)
-                    _stack([m[:2] for m in mlp])[0] * n2,  # fused gate, up
-                    _stack([m[2:] for m in mlp])[0],  # down
+                    _stack([(lins[:3], n) for lins, n in attn], n1),  # fused q, k, v (and their biases)
+                    _stack([(lins[3:], n) for lins, n in attn])[0],  # o (no bias: `supports`)
+                    _stack([(lins[:2], n) for lins, n in mlp], n2)[0],  # fused gate, up
+                    _stack([(lins[2:], n) for lins, n in mlp])[0],  # down
                 )
             )
         embed = torch.stack([b.model.embed_tokens.weight for b in bases])  # (A, V, h)
@@ -201,12 +205,15 @@ class StackedDecoder:
         ref = caches[0][0]
         self.kv = []
         for i in range(len(caches[0]) // 2):
-            kp, vp = ref.new_zeros(U, Hkv, W, D), ref.new_zeros(U, Hkv, W, D)
+            kp, vp = ref.new_empty(U, Hkv, W, D), ref.new_empty(U, Hkv, W, D)
             for a, cache in enumerate(caches):
                 rows, P = slice(a * self.N, (a + 1) * self.N), cache[2 * i].shape[2]
                 kp[rows, :, W - P :] = cache[2 * i]
                 vp[rows, :, W - P :] = cache[2 * i + 1]
-            kg, vg = ref.new_zeros(U, Hkv, self.G, extra, D), ref.new_zeros(U, Hkv, self.G, extra, D)
+                kp[rows, :, : W - P] = 0  # masked, but must be finite (0 * inf is nan)
+                vp[rows, :, : W - P] = 0
+            # generated keys/values: each position is written before any query reads it
+            kg, vg = ref.new_empty(U, Hkv, self.G, extra, D), ref.new_empty(U, Hkv, self.G, extra, D)
             self.kv.append((kp.view(U * Hkv, W, D), vp.view(U * Hkv, W, D), kg, vg))
         allowed = torch.cat([F.pad(a.bool(), (W - a.shape[1], 0)) for a in attns])  # (U, W)
         mask = torch.zeros(U, W, dtype=ref.dtype, device=ref.device).masked_fill(~allowed, float("-inf"))
