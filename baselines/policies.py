@@ -264,12 +264,12 @@ class Policies:
         for agent in prompts:
             for group in groups:
                 members = [self.members[a] for a in (*group, agent)]
-                ids = {(tuple(m.eos_ids), m.tokenizer.pad_token_id) for m in members}
+                special = {(tuple(m.eos_ids), m.tokenizer.pad_token_id) for m in members}
                 shared = all(m.module is members[0].module for m in members)
                 stacked = len({len(prompts[a]) for a in (*group, agent)}) == 1 and StackedDecoder.can_stack(
                     [m.module for m in members]
                 )
-                if len(ids) == 1 and (shared or stacked):
+                if len(special) == 1 and (shared or stacked):
                     group.append(agent)
                     break
             else:
