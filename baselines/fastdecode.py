@@ -65,7 +65,9 @@ def _shape_of(module) -> tuple:
     cfg = _base_of(module).config
     names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
     rope = (cfg.rope_parameters or {}).get("rope_theta", getattr(cfg, "rope_theta", None))
-    return (*(getattr(cfg, n) for n in names), cfg.vocab_size, cfg.rms_norm_eps, rope, _head_dim(module))
+    attn = _base_of(module).model.layers[0].self_attn
+    biases = tuple(getattr(getattr(lin, "base_layer", lin), "bias", None) is not None for lin in _attn_linears(attn))
+    return (*(getattr(cfg, n) for n in names), cfg.vocab_size, cfg.rms_norm_eps, rope, _head_dim(module), biases)
 
 
 def _head_dim(module) -> int:

@@ -218,5 +218,9 @@ def test_decoder_refuses_what_it_cannot_serve():
     o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
     assert not StackedDecoder.supports(module), "a bias where Qwen2 has none"
     o_proj.bias = None
+    other = Policies(["b"], finetune="full").members["b"].module
+    assert StackedDecoder.can_stack([module, other])
+    other.model.layers[0].self_attn.q_proj.bias = None
+    assert not StackedDecoder.can_stack([module, other]), "q/k/v biases must match to be stacked"
     module.train()
     assert not StackedDecoder.supports(module), "training mode (dropout)"
