@@ -76,7 +76,7 @@ class Completions:
         in all of them and the completion columns after all of them ended."""
         attn, mask = self.prompt_mask[start:stop], self.mask[start:stop]
         cut = int(attn.argmax(dim=1).min()) if bool(attn.any(dim=1).all()) else 0
-        width = int(mask.any(dim=0).nonzero().max()) + 1 if bool(mask.any()) else mask.shape[1]
+        width = _used_width(mask)
         end = self.prompt_width + width
         lps = None if self.sample_logprobs is None else self.sample_logprobs[start:stop, :width]
         return Completions(
@@ -448,11 +448,22 @@ def _per_agent(encoded, prefills, new: torch.Tensor, lps: torch.Tensor, repeats:
     out, start = [], 0
     for (ids, _), prefill in zip(encoded, prefills, strict=True):
         rows = slice(start, start + ids.shape[0] * repeats)
-        width = int(completion_mask(new[rows], eos_ids).any(dim=0).nonzero().max()) + 1
+        width = _used_width(completion_mask(new[rows], eos_ids))
         seqs = torch.cat([ids.repeat_interleave(repeats, dim=0), new[rows, :width]], dim=1)
         out.append((seqs, lps[rows, :width], prefill))
         start = rows.stop
     return out
+
+
+def _used_width(mask: torch.Tensor) -> int:
+    """Columns of a (B, T) completion mask up to the last one any row uses (all of them if none is used)."""
+    used = mask.any(dim=0).nonzero()
+    return int(used.max()) + 1 if len(used) else mask.shape[1]
+
+
+def _flat_kv(cache) -> list[torch.Tensor]:
+    """[k_0, v_0, k_1, v_1, ...] of a transformers cache."""
+    return [t for layer in cache.layers for t in (layer.keys, layer.values)]
 
 
 def _prefill(module, ids, attn, adapter_names: list | None):
@@ -484,7 +495,7 @@ def _prefill_kv(module, ids, attn, adapter: str | None, unpadded: bool) -> tuple
     if unpadded:
         return prompt_pass(module, ids, adapter)
     out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
-    return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+    return (out.logits, *_flat_kv(out.past_key_values))
 
 
 def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
@@ -552,7 +563,7 @@ def _prompt_forward(module, ids: torch.Tensor, adapter: str | None, reuse: tuple
             return prompt_pass(module, ids, adapter)
         # PEFT's per-row `adapter_names` hooks stay behind when checkpointing stops a recomputation early
         out = _prefill(module, ids, torch.ones_like(ids), None)
-        return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+        return (out.logits, *_flat_kv(out.past_key_values))
 
     layer_types = getattr(_base_of(module).config, "layer_types", None) or []
     if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
