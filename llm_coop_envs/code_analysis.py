@@ -37,11 +37,41 @@ __all__ = [
 ]
 
 
+MAX_SOURCE_CHARS = 100_000
+MAX_TREE_DEPTH = 200
+
+
 def _parse(source: str) -> ast.Module:
-    """``ast.parse`` without the SyntaxWarnings that model-written code triggers (e.g. ``1if``)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SyntaxWarning)
-        return ast.parse(source)
+    """``ast.parse`` without the SyntaxWarnings that model-written code triggers (e.g. ``1if``).
+
+    Model text is hostile: source over ``MAX_SOURCE_CHARS`` characters, a tree deeper than ``MAX_TREE_DEPTH``
+    nodes, and the parser's own ``RecursionError``/``MemoryError`` (``return 1+1+...``, ``return ----...1``)
+    are all reported as ``SyntaxError``, so no caller ever sees anything but a syntax-level failure.
+    """
+    if len(source) > MAX_SOURCE_CHARS:
+        raise SyntaxError(f"source longer than {MAX_SOURCE_CHARS} characters", ("<unknown>", 1, 1, ""))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source)
+    except (RecursionError, MemoryError) as error:
+        raise SyntaxError(
+            f"code too deeply nested to parse ({type(error).__name__})", ("<unknown>", 1, 1, "")
+        ) from error
+    if _depth_exceeds(tree, MAX_TREE_DEPTH):
+        raise SyntaxError(f"syntax tree deeper than {MAX_TREE_DEPTH} levels", ("<unknown>", 1, 1, ""))
+    return tree
+
+
+def _depth_exceeds(tree: ast.AST, limit: int) -> bool:
+    """Whether any node lies more than ``limit`` levels below ``tree`` (iterative: safe on any depth)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return False
 
 
 _FENCE = re.compile(r"^\s*(```|~~~)[\w+.#-]*\s*$")

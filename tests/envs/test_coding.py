@@ -388,3 +388,10 @@ def test_bad_arguments(problem_file) -> None:
         CodingEnv(problem_file, visible_tests=-1)
     with pytest.raises(ValueError, match="unknown split"):
         CodingEnv(problem_file, split="train")
+
+
+@pytest.mark.parametrize("chain", ["+".join(["1"] * 3000), "-" * 20_000 + "1"])
+def test_parser_bombs_score_as_syntax_errors(problem_file, chain: str) -> None:
+    env = CodingEnv(problem_file, max_action_chars=200_000)
+    s = score(env, AUX2, f"def add_all(xs):\n    return {chain}")
+    assert s.joint == 1.0 and s.breakdown["stopped_at"] == 2 and "nested" in s.breakdown["syntax_error"]

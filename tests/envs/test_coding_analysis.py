@@ -177,3 +177,20 @@ def test_locate_syntax_error() -> None:
     problem = locate_syntax_error("x = 1\ny = (2 +\n")
     assert problem is not None and problem.line == 2 and problem.column >= 1
     assert locate_syntax_error("x = \0") is not None  # a NUL byte
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "return " + "+".join(["1"] * 3000),  # RecursionError inside ast.parse
+        "return " + "-" * 100_000 + "1",  # MemoryError inside ast.parse
+        "return " + "not " * 300 + "1",  # parses, but deeper than MAX_TREE_DEPTH
+        "return 1\n" + "    x = 1\n" * 20_000,  # longer than MAX_SOURCE_CHARS
+    ],
+)
+def test_hostile_source_is_a_syntax_failure_never_an_exception(body: str) -> None:
+    main = f"def f():\n    {body}\n"
+    blocks = extract_functions(main)
+    assert [(b.name, b.parses) for b in blocks] == [("f", False)]
+    problem = locate_syntax_error(main)
+    assert problem is not None and problem.line >= 0
