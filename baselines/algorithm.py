@@ -38,8 +38,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from baselines.lm.policies import Completions, Policies
 from baselines.objectives import compute_tree_returns, kl_per_sequence, masked_sum, policy_loss
-from baselines.policies import Completions, Policies
 from baselines.rollout import Node, node_stats, rollout_tree, walk
 
 __all__ = [
@@ -61,7 +61,7 @@ BUILTIN: dict[str, str] = {"magrpo": "baselines.magrpo:MAGRPO", "independent": "
 class GroupBatch:
     """One rollout node: every agent's G sampled responses and what the env returned for the joint actions.
 
-    ``samples[agent]`` (:class:`~baselines.policies.Completions`, G rows, prompt-major) holds
+    ``samples[agent]`` (:class:`~baselines.lm.policies.Completions`, G rows, prompt-major) holds
     ``sequences`` (G, P+T) token ids (left-padded prompt + completion), ``prompt_mask`` (G, P),
     ``mask`` (G, T) True on the generated tokens up to and including the first EOS, ``sample_logprobs``
     (G, T) each token's log-prob under the sampling distribution, and ``texts``.

@@ -10,7 +10,7 @@
     llm-coop eval --env coop_coding-v0 --policy runs/c0 --seeds 0 1 2 3 4      # evaluate a run -> leaderboard entry
     llm-coop eval --env coop_writing-v0 --baseline sequential --model <name or path>   # untrained baseline
     llm-coop leaderboard build [--check] # regenerate (or check) leaderboards/generated/
-    llm-coop build-embedded              # rebuild baselines/embedded_model/ (python -m baselines.embedded build)
+    llm-coop build-embedded              # rebuild baselines/lm/embedded_model/ (python -m baselines.lm.embedded build)
 
 `llm-coop train --help` lists every config field (one per flag) with its docstring.
 """
@@ -200,7 +200,7 @@ def eval_main(argv: list[str]) -> None:
 
 
 def leaderboard_main(argv: list[str]) -> None:
-    from baselines.leaderboard import main as leaderboard
+    from llm_coop_leaderboard import main as leaderboard
 
     raise SystemExit(leaderboard(argv))
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         "leaderboard": leaderboard_main,
     }
     if argv and argv[0] == "build-embedded":
-        from baselines.embedded import main as build
+        from baselines.lm.embedded import main as build
 
         build(["build", *argv[1:]])
         return

@@ -12,7 +12,7 @@ What is evaluated (``--policy`` or ``--baseline``):
   replaced by each evaluated seed, so five training seeds are five runs. A run trained on ``single:<env>``
   (single-agent GRPO) is evaluated with the ``single`` protocol, every other run with ``parallel``.
 * ``--baseline P --model M``: the untrained model M (HF name or local path; default: the embedded model) in
-  protocol P of :mod:`baselines.prompting` (``single``, ``parallel``, ``sequential``, ``discussion``). All
+  protocol P of :mod:`baselines.untrained` (``single``, ``parallel``, ``sequential``, ``discussion``). All
   roles use the same weights (one loaded copy).
 
 For each seed (sampling seed = the seed; for ``{seed}`` runs also the run's training seed) every task of the
@@ -27,7 +27,7 @@ individual rewards and full breakdown (coding: test counts and outcomes), and ``
 ``tokens_per_s`` = new tokens of the batch (all agents) / the summed generation seconds of its calls, and
 ``new_tokens`` = the episode's own new tokens. Timings depend on the batch size and hardware (both recorded).
 
-Metrics (``baselines.leaderboard.scoring.aggregate``): joint return and the paper's normalised components
+Metrics (``llm_coop_leaderboard.scoring.aggregate``): joint return and the paper's normalised components
 from the final turn's breakdown, the unbiased pass@k of ``--pass-k`` (coding; k <= samples), timings.
 The entry goes to ``leaderboards/entries/<entry_id>.json`` with the exact command in its provenance.
 """
@@ -49,13 +49,9 @@ from typing import Any
 
 import torch
 
-from baselines.embedded import EMBEDDED_DIR
-from baselines.leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
-from baselines.leaderboard.schema import leaderboard_root
-from baselines.leaderboard.scoring import aggregate
-from baselines.leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord, write_transcript
-from baselines.policies import Policies, SamplingConfig
-from baselines.prompting import (
+from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.policies import Policies, SamplingConfig
+from baselines.untrained import (
     PROTOCOLS,
     SINGLE_AGENT,
     SINGLE_PREFIX,
@@ -66,6 +62,10 @@ from baselines.prompting import (
 )
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
+from llm_coop_leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
+from llm_coop_leaderboard.schema import leaderboard_root
+from llm_coop_leaderboard.scoring import aggregate
+from llm_coop_leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord, write_transcript
 
 __all__ = ["EvalConfig", "EvalResult", "PolicySource", "evaluate", "load_source", "main", "run_protocol"]
 
@@ -139,7 +139,7 @@ def file_hash(path: Path) -> str | None:
 def _display(path: str | Path) -> str:
     text = str(path)
     if Path(text).resolve() == EMBEDDED_DIR.resolve():
-        return "embedded:baselines/embedded_model"
+        return "embedded:baselines/lm/embedded_model"
     root = Path(__file__).resolve().parents[1]
     try:
         return Path(text).resolve().relative_to(root).as_posix()
@@ -342,7 +342,7 @@ def _method(cfg: EvalConfig, source: PolicySource) -> dict[str, Any]:
         name = cfg.method_name or f"{cfg.baseline} (untrained)"
         description = (
             f"Untrained {_display(cfg.model or EMBEDDED_DIR)} in the '{cfg.baseline}' protocol of "
-            "baselines/prompting.py (MAGRPO_SPEC.md section 5)."
+            "baselines/untrained.py (MAGRPO_SPEC.md section 5)."
         )
         return {"name": name, "family": "untrained", "description": description, "config": {"protocol": cfg.baseline}}
     run = source.run_config
@@ -485,7 +485,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True, help="registered env id")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--policy", help="run directory of llm-coop train ('{seed}' is replaced by each seed)")
-    what.add_argument("--baseline", choices=PROTOCOLS, help="untrained protocol (baselines/prompting.py)")
+    what.add_argument("--baseline", choices=PROTOCOLS, help="untrained protocol (baselines/untrained.py)")
     p.add_argument("--model", help="HF model name or path for --baseline (default: the embedded model)")
     p.add_argument("--split", default="test")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

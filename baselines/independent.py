@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from baselines.algorithm import Algorithm, GroupBatch
+from baselines.lm.policies import Policies
 from baselines.magrpo import PRESETS, MAGRPOConfig, preset
 from baselines.objectives import compute_advantages, response_credit
-from baselines.policies import Policies
 
 __all__ = ["PRESETS", "REWARD_MODE", "IndependentConfig", "IndependentGRPO", "preset", "train_step"]
 

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 
 from baselines.algorithm import Algorithm, GroupBatch
+from baselines.lm.policies import Policies, SamplingConfig
 from baselines.objectives import compute_advantages, response_credit
-from baselines.policies import Policies, SamplingConfig
 from baselines.rollout import RolloutSettings
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from baselines.lm.policies import Completions, Policies, SamplingConfig
 from baselines.objectives import TreeNode, joint_actions, should_expand
-from baselines.policies import Completions, Policies, SamplingConfig
 
 
 @dataclass

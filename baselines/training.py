@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines.embedded import EMBEDDED_DIR
+from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.policies import Policies
 from baselines.magrpo import MAGRPOConfig
-from baselines.policies import Policies
 from baselines.rollout import evaluate
 
 EVAL_SEED = 12_345  # evaluation sampling seed, the same for every run so before/after are comparable
@@ -112,12 +112,12 @@ def make_optimizers(policies: Policies, agents: list[str], cfg) -> dict[str, tor
 
 def train(cfg: MAGRPOConfig, algo: str, progress: bool = True, make_env=None) -> dict[str, Any]:
     """Train with `algo` ('magrpo' or 'independent'); returns the summary also written to summary.json.
-    `make_env(id, reward_mode=..., max_turns=..., dataset=...)` defaults to `baselines.prompting.make_env`:
+    `make_env(id, reward_mode=..., max_turns=..., dataset=...)` defaults to `baselines.untrained.make_env`:
     `llm_coop_envs.make`, plus `single:<id>` (one agent writes both parts: single-agent GRPO)."""
     from tqdm import tqdm
 
     if make_env is None:
-        from baselines.prompting import make_env  # llm_coop_envs.make, plus "single:<id>" (single-agent GRPO)
+        from baselines.untrained import make_env  # llm_coop_envs.make, plus "single:<id>" (single-agent GRPO)
     make = make_env
 
     from baselines.algorithm import load_algorithm

@@ -8,7 +8,7 @@
 # Settings (environment variables): SEEDS (default "0 1 2 3 4"), JOBS (parallel one-thread jobs, 2),
 # RUNS (run directories, runs/lb), WRITING_STEPS (100), SHORT_STEPS (20: abstract expansion and coding,
 # where the ~1M embedded model cannot reach the 128-token length gate nor write working code).
-# Single-agent GRPO = MAGRPO on the env's single-agent view (`--env single:<id>`, baselines/prompting.py)
+# Single-agent GRPO = MAGRPO on the env's single-agent view (`--env single:<id>`, baselines/untrained.py)
 # with 192 new tokens (both parts in one response).
 # Every trained run uses the preset embedded-demo (LEARNING_ON_CPU.md) with its step count overridden;
 # the evaluation of every method uses the same decoding (temperature 1.0, 96 new tokens per agent).
@@ -74,8 +74,8 @@ fi
 
 if [[ " $PHASES " == *" build "* ]]; then
   for entry in leaderboards/entries/*--embedded--*.json; do
-    $PY -m baselines.leaderboard rescore "$entry"
+    $PY -m llm_coop_leaderboard rescore "$entry"
   done
-  $PY -m baselines.leaderboard build
-  $PY -m baselines.leaderboard build --check
+  $PY -m llm_coop_leaderboard build
+  $PY -m llm_coop_leaderboard build --check
 fi

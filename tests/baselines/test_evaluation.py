@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from baselines.evaluation import EvalConfig, Round, config_from_args, evaluate, run_protocol
-from baselines.leaderboard import load_entry, read_transcript, rescore
-from baselines.prompting import (
+from baselines.untrained import (
     discussion_prompt,
     make_env,
     sequential_prompt,
@@ -18,6 +17,7 @@ from baselines.prompting import (
     split_single,
 )
 from llm_coop_envs import make, registry_ids
+from llm_coop_leaderboard import load_entry, read_transcript, rescore
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from toy_env import make_toy_env
 from baselines import algorithm as algorithm_module
 from baselines import independent, magrpo
 from baselines.algorithm import Algorithm, GroupBatch, config_class_of, load_algorithm, resolve_algorithm
+from baselines.lm.policies import Completions
 from baselines.magrpo import MAGRPOConfig
-from baselines.policies import Completions
 from baselines.training import build_policies, train
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from baselines.leaderboard import leaderboard_root
-from baselines.leaderboard.example import write_example_entry
+from llm_coop_leaderboard import leaderboard_root
+from llm_coop_leaderboard.example import write_example_entry
 
 
 @pytest.fixture(scope="session")

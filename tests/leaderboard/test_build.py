@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from baselines.leaderboard import build_outputs, check, group_entries, load_entry, main, write
-from baselines.leaderboard.example import write_example_entry
 from llm_coop_envs import make
+from llm_coop_leaderboard import build_outputs, check, group_entries, load_entry, main, write
+from llm_coop_leaderboard.example import write_example_entry
 
 WRITING_ENTRY = "scripted-lead--coop_writing-v0--test"
 
@@ -34,7 +34,7 @@ def test_check_names_a_stale_table(board: Path, capsys: pytest.CaptureFixture[st
     (board / "generated" / "leftover.md").write_text("old\n")
     problems = check(board)
     assert problems == [
-        f"generated/{table.name}: stale (run `python -m baselines.leaderboard build`)",
+        f"generated/{table.name}: stale (run `python -m llm_coop_leaderboard build`)",
         "generated/leftover.md: not produced by any entry (delete it or rebuild)",
     ]
     assert main(["--root", str(board), "build", "--check"]) == 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from baselines.metrics_evaluate import module_path
-from baselines.stats import pass_at_k
 from llm_coop_envs import make, registry_ids
+from llm_coop_leaderboard.metrics_evaluate import module_path
+from llm_coop_leaderboard.stats import pass_at_k
 
 evaluate = pytest.importorskip("evaluate")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from baselines.leaderboard import (
+from llm_coop_envs import make, registry_ids
+from llm_coop_leaderboard import (
     RescoreError,
     Transcript,
     TranscriptRecord,
@@ -23,8 +24,7 @@ from baselines.leaderboard import (
     rescore,
     write_transcript,
 )
-from baselines.leaderboard.schema import file_sha256
-from llm_coop_envs import make, registry_ids
+from llm_coop_leaderboard.schema import file_sha256
 
 WRITING_ENTRY = "scripted-lead--coop_writing-v0--test"
 

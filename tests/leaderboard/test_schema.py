@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from baselines.leaderboard import EntryError, leaderboard_root, load_entry, validate_entry
-from baselines.leaderboard.schema import load_schema
+from llm_coop_leaderboard import EntryError, leaderboard_root, load_entry, validate_entry
+from llm_coop_leaderboard.schema import load_schema
 
 WRITING_ENTRY = "scripted-lead--coop_writing-v0--test"
 
@@ -104,7 +104,7 @@ def test_provenance_dirty_flag_ignores_the_leaderboards_own_outputs(monkeypatch,
     """A tree whose only changes are regenerated entries/transcripts/tables is clean for provenance."""
     import subprocess
 
-    import baselines.leaderboard.entries as entries_mod
+    import llm_coop_leaderboard.entries as entries_mod
 
     repo = tmp_path / "repo"
     for d in ("leaderboards/entries", "leaderboards/generated", "baselines/leaderboard", "src"):

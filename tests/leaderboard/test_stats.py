@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from baselines.stats import Interval, iqm, mean, pass_at_k, rank_bands, stratified_bootstrap_ci
+from llm_coop_leaderboard.stats import Interval, iqm, mean, pass_at_k, rank_bands, stratified_bootstrap_ci
 
 
 def test_iqm_of_a_hand_computed_set() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from baselines.leaderboard import (
+from llm_coop_leaderboard import (
     Transcript,
     TranscriptError,
     TranscriptRecord,

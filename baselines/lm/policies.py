@@ -8,7 +8,7 @@ Layouts (`finetune`):
   tokenizer (with `lora`, its own base with one adapter).
 
 Sampling decodes all agents in as few loops as possible: agents whose models the stacked decoder serves
-(`baselines/fastdecode.py`: Qwen2 architecture, same shapes, small enough to copy) share ONE loop, each row
+(`baselines/lm/fastdecode.py`: Qwen2 architecture, same shapes, small enough to copy) share ONE loop, each row
 with its own agent's weights (full) or merged adapter (LoRA); agents sharing one larger LoRA base share one
 loop through the module with a different adapter per row (`adapter_names`); anything else gets a loop of
 its own. Prompts are left-padded; pad defaults to EOS when a tokenizer has none; generation uses the KV
@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import torch
 
-from baselines.embedded import EMBEDDED_DIR
-from baselines.fastdecode import StackedDecoder, _base_of, prompt_pass
+from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.fastdecode import StackedDecoder, _base_of, prompt_pass
 from baselines.objectives import completion_mask, completion_token_logprobs
 
 Finetune = Literal["lora", "full"]

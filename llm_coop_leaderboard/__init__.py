@@ -1,9 +1,9 @@
 """Leaderboards: entry schema and validation, transcripts, re-scoring, statistics, tables and plots.
 
-    python -m baselines.leaderboard build            # regenerate leaderboards/generated/ from the entries
-    python -m baselines.leaderboard build --check    # exit 1 naming every stale file or invalid entry
-    python -m baselines.leaderboard rescore leaderboards/entries/<id>.json   # verify, mark 're-scored'
-    python -m baselines.leaderboard example --env coop_writing-v0 --seeds 0 1 2
+    python -m llm_coop_leaderboard build            # regenerate leaderboards/generated/ from the entries
+    python -m llm_coop_leaderboard build --check    # exit 1 naming every stale file or invalid entry
+    python -m llm_coop_leaderboard rescore leaderboards/entries/<id>.json   # verify, mark 're-scored'
+    python -m llm_coop_leaderboard example --env coop_writing-v0 --seeds 0 1 2
 
 (``llm-coop leaderboard ...`` runs the same :func:`main`.) The layout of ``leaderboards/`` and the meaning of
 every entry field are documented in ``leaderboards/README.md``.
@@ -11,12 +11,12 @@ every entry field are documented in ``leaderboards/README.md``.
 
 from __future__ import annotations
 
-from baselines.leaderboard.build import BuildError, build_outputs, check, group_entries, write
-from baselines.leaderboard.cli import main
-from baselines.leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
-from baselines.leaderboard.schema import EntryError, leaderboard_root, load_entry, validate_entry
-from baselines.leaderboard.scoring import Aggregate, RescoreError, RescoreResult, aggregate, rescore
-from baselines.leaderboard.transcripts import (
+from llm_coop_leaderboard.build import BuildError, build_outputs, check, group_entries, write
+from llm_coop_leaderboard.cli import main
+from llm_coop_leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
+from llm_coop_leaderboard.schema import EntryError, leaderboard_root, load_entry, validate_entry
+from llm_coop_leaderboard.scoring import Aggregate, RescoreError, RescoreResult, aggregate, rescore
+from llm_coop_leaderboard.transcripts import (
     Transcript,
     TranscriptError,
     TranscriptRecord,

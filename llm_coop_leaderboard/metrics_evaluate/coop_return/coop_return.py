@@ -17,8 +17,8 @@ from typing import Any
 import datasets
 import evaluate
 
-from baselines.leaderboard.scoring import episode_metrics
 from llm_coop_envs import make
+from llm_coop_leaderboard.scoring import episode_metrics
 
 _DESCRIPTION = __doc__
 _CITATION = """\

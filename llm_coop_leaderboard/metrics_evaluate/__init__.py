@@ -1,7 +1,7 @@
 """Our task metrics as Hugging Face ``evaluate`` modules, loadable from a local path without the Hub.
 
     import evaluate
-    from baselines.metrics_evaluate import module_path
+    from llm_coop_leaderboard.metrics_evaluate import module_path
 
     metric = evaluate.load(module_path("coop_return"), config_name="coop_writing-v0")
     metric.compute(predictions=[["summary text", "elaboration text"]], references=["post-004"])

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import llm_coop_envs
-from baselines.leaderboard.schema import SCHEMA_VERSION, file_sha256, validate_entry
-from baselines.leaderboard.scoring import aggregate
-from baselines.leaderboard.transcripts import Transcript
 from llm_coop_envs.core import CoopParallelEnv
+from llm_coop_leaderboard.schema import SCHEMA_VERSION, file_sha256, validate_entry
+from llm_coop_leaderboard.scoring import aggregate
+from llm_coop_leaderboard.transcripts import Transcript
 
 __all__ = ["collect_provenance", "dataset_fingerprint", "entry_json", "make_entry", "write_entry"]
 
@@ -49,7 +49,7 @@ def dataset_fingerprint(env: CoopParallelEnv, split: str, name: str, revision: s
 
 
 def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     try:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):

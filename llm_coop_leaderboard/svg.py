@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from baselines.stats import Interval
+from llm_coop_leaderboard.stats import Interval
 
 __all__ = ["PlotRow", "interval_plot"]
 

@@ -1,6 +1,6 @@
 """Leaderboard entries: the versioned JSON schema, validation that names the bad field, loading from disk.
 
-The schema file ``leaderboards/schema/entry.v1.json`` is the single source of truth for an entry's shape.
+The schema file ``llm_coop_leaderboard/schemas/entry.v1.json`` is the single source of truth for an entry's shape.
 :func:`validate_entry` interprets it with a small JSON Schema (2020-12) subset, so the leaderboard needs no
 extra dependency, then adds the checks a schema cannot express (hash of the recorded env spec, seeds that
 match the per-seed metrics, per-task scores that average to the per-seed ones, metric ranges, transcript
@@ -44,14 +44,25 @@ class EntryError(ValueError):
     """An invalid leaderboard entry; the message names the entry and the field."""
 
 
-def leaderboard_root() -> Path:
-    """The repository's ``leaderboards/`` directory."""
-    return Path(__file__).resolve().parents[2] / "leaderboards"
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+"""The entry schemas, shipped as package data (``entry.v<N>.json``), so an installed package validates too."""
+
+
+def leaderboard_root(cwd: Path | None = None) -> Path:
+    """``leaderboards/`` in the current directory (the repository root when run from a checkout).
+
+    Raises :class:`EntryError` when there is none: outside a checkout, name the directory with ``--root``."""
+    root = (cwd or Path.cwd()) / "leaderboards"
+    if not root.is_dir():
+        raise EntryError(
+            f"no leaderboards/ directory in {root.parent}; run from the repository root or pass --root DIR"
+        )
+    return root
 
 
 @cache
 def load_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
-    path = leaderboard_root() / "schema" / f"entry.v{version}.json"
+    path = SCHEMA_DIR / f"entry.v{version}.json"
     if not path.is_file():
         raise EntryError(f"no schema for entry version {version} ({path} does not exist)")
     return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]

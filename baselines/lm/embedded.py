@@ -1,10 +1,10 @@
 """The embedded default model: a ~1M-parameter Qwen2-style causal LM and a 2k byte-level BPE tokenizer.
 
 It is what `llm-coop train` uses when `--model` is omitted, so that training runs offline on a CPU with no
-download. The built files are committed under `baselines/embedded_model/` (about 4 MB in fp32); this module
+download. The built files are committed under `baselines/lm/embedded_model/` (about 4 MB in fp32); this module
 rebuilds them bit-for-bit on the same Python and torch versions:
 
-    python -m baselines.embedded build            # seed 0, writes baselines/embedded_model/
+    python -m baselines.lm.embedded build            # seed 0, writes baselines/lm/embedded_model/
 
 Recipe (see ../shared/reference/LEARNING_ON_CPU.md for why this setting):
 - corpus: English docstring paragraphs of the Python standard library of the running interpreter (files in
@@ -225,7 +225,7 @@ def pretrain(cfg: BuildConfig, out_dir: Path = EMBEDDED_DIR, log=print) -> dict:
         if step % 50 == 0 or step == cfg.steps - 1:
             log(f"step {step:4d}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
     info = {
-        "build_command": "python -m baselines.embedded build",
+        "build_command": "python -m baselines.lm.embedded build",
         "config": asdict(cfg),
         "parameters": n_params,
         "val_loss_before": round(first_val, 4),
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "build":
-        raise SystemExit("usage: python -m baselines.embedded build [--seed N --steps N --out-dir DIR]")
+        raise SystemExit("usage: python -m baselines.lm.embedded build [--seed N --steps N --out-dir DIR]")
 
     @dataclass
     class BuildArgs:

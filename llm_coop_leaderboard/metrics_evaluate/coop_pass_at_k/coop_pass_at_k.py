@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import datasets
 import evaluate
 
-from baselines.stats import pass_at_k
+from llm_coop_leaderboard.stats import pass_at_k
 
 _DESCRIPTION = __doc__
 _CITATION = """\

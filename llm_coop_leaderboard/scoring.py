@@ -19,10 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from baselines.leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord
-from baselines.stats import pass_at_k
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
+from llm_coop_leaderboard.stats import pass_at_k
+from llm_coop_leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord
 
 __all__ = [
     "COMPONENTS",

@@ -6,7 +6,7 @@ first sentence(s) of the source; agent 2 copies a seeded selection of the remain
 transition words; sentences are repeated when a role needs a minimum length. No model is involved, so it is
 family ``scripted``, a floor that any trained method should beat.
 
-    python -m baselines.leaderboard example --env coop_writing-v0 --seeds 0 1 2
+    python -m llm_coop_leaderboard example --env coop_writing-v0 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from baselines.leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
-from baselines.leaderboard.schema import leaderboard_root
-from baselines.leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord, write_transcript
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Task
+from llm_coop_leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
+from llm_coop_leaderboard.schema import leaderboard_root
+from llm_coop_leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord, write_transcript
 
 __all__ = ["SOURCE_FIELD", "lead_actions", "write_example_entry"]
 
@@ -90,7 +90,7 @@ def write_example_entry(env_id: str, seeds: Sequence[int], split: str = "test", 
     transcript = Transcript(env_id, env.spec.spec_hash(), split, tuple(env.possible_agents), records)
     transcript_path = root / "transcripts" / f"{entry_id}.jsonl.gz"
     write_transcript(transcript_path, transcript)
-    command = "python -m baselines.leaderboard example " + shlex.join(
+    command = "python -m llm_coop_leaderboard example " + shlex.join(
         ["--env", env_id, "--split", split, "--seeds", *map(str, seeds)]
     )
     entry = make_entry(
@@ -114,7 +114,7 @@ _METHOD: dict[str, Any] = {
     "name": "Extractive lead (scripted)",
     "family": "scripted",
     "description": "No model: agent 1 copies the first sentence(s), agent 2 a seeded selection of the rest "
-    "joined with transition words (baselines/leaderboard/example.py).",
+    "joined with transition words (llm_coop_leaderboard/example.py).",
 }
 
 

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from baselines.leaderboard.build import BuildError, check, write
-from baselines.leaderboard.entries import write_entry
-from baselines.leaderboard.schema import EntryError, leaderboard_root, load_entry
-from baselines.leaderboard.scoring import RescoreError, rescore
-from baselines.leaderboard.transcripts import TranscriptError, read_transcript
+from llm_coop_leaderboard.build import BuildError, check, write
+from llm_coop_leaderboard.entries import write_entry
+from llm_coop_leaderboard.schema import EntryError, leaderboard_root, load_entry
+from llm_coop_leaderboard.scoring import RescoreError, rescore
+from llm_coop_leaderboard.transcripts import TranscriptError, read_transcript
 
 __all__ = ["main"]
 
@@ -72,14 +72,14 @@ def _rescore(root: Path, paths: list[Path]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``llm-coop leaderboard`` / ``python -m baselines.leaderboard``; returns the exit code."""
+    """Entry point of ``llm-coop leaderboard`` / ``python -m llm_coop_leaderboard``; returns the exit code."""
     args = _parser().parse_args(argv)
     root = (args.root or leaderboard_root()).resolve()
     if args.command == "build":
         return _build(root, args.check)
     if args.command == "rescore":
         return _rescore(root, args.entries)
-    from baselines.leaderboard.example import write_example_entry
+    from llm_coop_leaderboard.example import write_example_entry
 
     print(write_example_entry(args.env, args.seeds, args.split, root))
     return 0
