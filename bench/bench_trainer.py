@@ -111,8 +111,8 @@ def run_comlrl(steps: int, warmup: int, device: str) -> dict:
     from comlrl.trainers import MAGRPOConfig, MAGRPOTrainer
     from transformers import AutoModelForCausalLM
 
-    from baselines.embedded import EMBEDDED_DIR
-    from baselines.policies import load_tokenizer
+    from baselines.lm.embedded import EMBEDDED_DIR
+    from baselines.lm.loading import load_tokenizer
     from llm_coop_envs import make
 
     torch.set_num_threads(1)

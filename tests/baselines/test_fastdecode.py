@@ -4,10 +4,14 @@ inverse-CDF sampler draws from the right distribution."""
 import pytest
 import torch
 
-import baselines.fastdecode as fastdecode
-import baselines.policies as pol_mod
-from baselines.fastdecode import StackedDecoder, prompt_pass
-from baselines.policies import Completions, Policies, SamplingConfig, _pick, _positions, _prefill
+import baselines.lm.fastdecode as fastdecode
+import baselines.lm.policies as pol_mod
+import baselines.lm.sampling as sampling_mod
+import baselines.lm.scoring as scoring_mod
+from baselines.lm.completions import positions
+from baselines.lm.fastdecode import StackedDecoder, prompt_pass
+from baselines.lm.policies import Completions, Policies, SamplingConfig
+from baselines.lm.sampling import pick_token, prefill
 
 
 def _module_logits(module, ids, attn, tokens, adapter=None):
@@ -15,8 +19,8 @@ def _module_logits(module, ids, attn, tokens, adapter=None):
     names = None if adapter is None else [adapter] * ids.shape[0]
     kw = {} if names is None else {"adapter_names": names}
     with torch.no_grad():
-        out = _prefill(module, ids, attn, names)
-        cache, pos, full = out.past_key_values, _positions(attn)[:, -1:] + 1, attn
+        out = prefill(module, ids, attn, names)
+        cache, pos, full = out.past_key_values, positions(attn)[:, -1:] + 1, attn
         logits = [out.logits[:, -1]]
         for tok in tokens[:-1]:
             full = torch.cat([full, torch.ones_like(full[:, :1])], dim=1)
@@ -37,7 +41,7 @@ def _stacked_logits(modules, adapters, encoded, tokens):
     with torch.no_grad():
         caches, first = [], []
         for module, adapter, (ids, attn) in zip(modules, adapters, encoded, strict=True):
-            out = _prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
+            out = prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
             caches.append([t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
             first.append(out.logits[:, -1])
         decoder = StackedDecoder(modules, adapters, caches, [a for _, a in encoded], 1, extra=tokens[0].shape[0])
@@ -101,7 +105,7 @@ def test_prompt_pass_equals_the_module_forward(finetune):
             if "lora_B" in n:
                 p.normal_(0, 0.05)
         ids = torch.randint(5, 1900, (2, 37))
-        ref = _prefill(m.module, ids, torch.ones_like(ids), None if m.adapter is None else [m.adapter] * 2)
+        ref = prefill(m.module, ids, torch.ones_like(ids), None if m.adapter is None else [m.adapter] * 2)
         logits, *kv = prompt_pass(m.module, ids, m.adapter)
     assert torch.allclose(logits, ref.logits, atol=1e-5)
     module_kv = [t for layer in ref.past_key_values.layers for t in (layer.keys, layer.values)]
@@ -131,8 +135,8 @@ def test_a_lora_base_too_large_to_stack_decodes_through_the_module_in_one_loop(m
                 p.normal_(0, 0.05)
     monkeypatch.setattr(fastdecode, "STACK_BYTES_LIMIT", 1000)
     calls = []
-    original = pol_mod._module_decoding
-    monkeypatch.setattr(pol_mod, "_module_decoding", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = sampling_mod._module_decoding
+    monkeypatch.setattr(sampling_mod, "_module_decoding", lambda *a, **k: calls.append(1) or original(*a, **k))
     out = policies.generate({"first": ["Hello."], "second": ["A longer prompt here."]}, SamplingConfig(8), repeats=2)
     assert len(calls) == 1, "agents sharing one LoRA base: one module loop, an adapter per row"
     for agent, c in out.items():
@@ -158,7 +162,7 @@ def test_stacked_generation_is_one_loop_for_two_full_models(monkeypatch):
 def test_inverse_cdf_sampler_matches_the_distribution(sampling):
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]))[None].repeat(20000, 1)
-    tok, lp = _pick(logits, sampling)
+    tok, lp = pick_token(logits, sampling)
     probs = torch.softmax(logits[0] / sampling.temperature, -1)
     if sampling.top_k:
         probs[sampling.top_k :] = 0
@@ -202,12 +206,12 @@ def test_update_reuses_the_sampling_prefill_only_while_weights_are_unchanged(fin
     assert sum(g.abs().sum() for g in g_reused if g is not None) > 0
     torch.optim.SGD(params, lr=0.1).step()
     calls = []
-    original = pol_mod._ReusedForward.apply
-    pol_mod._ReusedForward.apply = lambda *a: calls.append(1) or original(*a)
+    original = scoring_mod.ReusedForward.apply
+    scoring_mod.ReusedForward.apply = lambda *a: calls.append(1) or original(*a)
     try:
         policies.token_logprobs("first", c)
     finally:
-        pol_mod._ReusedForward.apply = original
+        scoring_mod.ReusedForward.apply = original
     assert not calls, "stale prefill must not be reused after the weights changed"
 
 

@@ -10,10 +10,10 @@ import torch
 from toy_env import ToyEnv, make_toy_env
 
 from baselines import independent, magrpo
-from baselines.embedded import EMBEDDED_DIR
+from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.policies import Completions, Policies, SamplingConfig
 from baselines.magrpo import MAGRPOConfig
 from baselines.objectives import masked_sum
-from baselines.policies import Completions, Policies, SamplingConfig
 from baselines.training import train
 
 ALGOS = {"magrpo": magrpo, "independent": independent}
@@ -98,7 +98,7 @@ def test_sampled_tokens_are_scored_exactly_even_with_pad_id_in_prompt(shared):
 
 
 def test_generate_one_call_for_shared_base_and_texts_stop_at_eos(monkeypatch):
-    import baselines.policies as pol_mod
+    import baselines.lm.policies as pol_mod
 
     torch.manual_seed(1)
     policies = Policies(["first", "second"], None, "lora", lora_r=4)
@@ -118,7 +118,7 @@ def test_generate_one_call_for_shared_base_and_texts_stop_at_eos(monkeypatch):
 
 
 def test_top_k_and_top_p_filters():
-    from baselines.policies import _pick
+    from baselines.lm.sampling import pick_token as _pick
 
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
@@ -134,7 +134,7 @@ def test_top_k_and_top_p_filters():
 def test_full_finetune_with_a_different_model_per_agent(tmp_path):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from baselines.policies import load_tokenizer
+    from baselines.lm.loading import load_tokenizer
 
     tok = load_tokenizer(str(EMBEDDED_DIR))
     cfg = Qwen2Config(

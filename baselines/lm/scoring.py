@@ -1,0 +1,91 @@
+"""Token log-probs of sampled responses under an agent's policy, with grad (the update's forward).
+
+While the agent's weights are unchanged since sampling, the prompt's forward is taken from sampling's
+prefill and recomputed only inside backward (:class:`ReusedForward`)."""
+
+from __future__ import annotations
+
+import torch
+
+from baselines.lm.completions import Completions, positions
+from baselines.lm.fastdecode import StackedDecoder, _base_of, prompt_pass
+from baselines.lm.sampling import flat_kv, prefill
+from baselines.objectives import completion_token_logprobs
+
+__all__ = ["ReusedForward", "score"]
+
+
+class ReusedForward(torch.autograd.Function):
+    """Outputs precomputed values of `run(ids)` (the sampling prefill) and, in the backward pass, recomputes
+    `run(ids)` with grad to pass the gradient on to `params`: activation checkpointing whose first forward
+    was already done by sampling."""
+
+    @staticmethod
+    def forward(ctx, run, ids, values, *params):
+        ctx.run, ctx.ids, ctx.params = run, ids, params
+        return tuple(v.clone() for v in values)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        with torch.enable_grad():
+            outputs = ctx.run(ctx.ids)
+        used = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+        param_grads = torch.autograd.grad([o for o, _ in used], ctx.params, [g for _, g in used], allow_unused=True)
+        return (None, None, None, *param_grads)
+
+
+def _prompt_forward(module, ids: torch.Tensor, adapter: str | None, reuse: tuple | None):
+    """The prompt's last logits and its KV cache, computed as sampling's prefill is: the lean prompt pass
+    where the stacked decoder applies (with the agent's `adapter` explicitly), else the module's forward
+    through its active adapter. With grad, the prompt's activations are not kept for the backward pass but
+    recomputed there (activation checkpointing: the same values and gradients, less peak memory); `reuse` =
+    (PromptState, the agent's trainable tensors) takes the forward values from sampling's prefill instead of
+    running the prompt again."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers.cache_utils import DynamicCache
+
+    lean = StackedDecoder.supports(module)
+
+    def run(ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if lean:
+            return prompt_pass(module, ids, adapter)
+        # PEFT's per-row `adapter_names` hooks stay behind when checkpointing stops a recomputation early
+        out = prefill(module, ids, torch.ones_like(ids), None)
+        return (out.logits, *flat_kv(out.past_key_values))
+
+    layer_types = getattr(_base_of(module).config, "layer_types", None) or []
+    if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
+        if lean:
+            logits, *kv = run(ids)
+        else:
+            out = prefill(module, ids, torch.ones_like(ids), None)
+            return out.logits, out.past_key_values
+    elif reuse is not None:
+        state, params = reuse
+        logits, *kv = ReusedForward.apply(run, ids, [state.logits, *state.kv], *params)
+    else:
+        logits, *kv = checkpoint(run, ids, use_reentrant=False)
+    return logits, DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2], strict=True)))
+
+
+def score(module, c: Completions, reuse: tuple | None = None, adapter: str | None = None) -> torch.Tensor:  # (B, T)
+    """Token log-probs of the completions under `module` (with LoRA: its active adapter, `adapter`). When every row answers the same prompt, the prompt is run once (or its sampling prefill
+    reused, see `_prompt_forward`) and its KV cache shared by the rows (same result as the full forward)."""
+    P, T = c.prompt_width, c.sequences.shape[1] - c.prompt_width
+    if c.shared_prompt and bool(c.prompt_mask.all()):
+        B = c.sequences.shape[0]
+        prompt_logits, cache = _prompt_forward(module, c.sequences[:1, :P], adapter, reuse)
+        cache.batch_repeat_interleave(B)
+        attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
+        pos = torch.arange(P, P + T, device=attn.device).expand(B, T)
+        rest = module(
+            input_ids=c.sequences[:, P:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=False
+        )
+        logits = torch.cat([prompt_logits[:, -1:].expand(B, 1, -1), rest.logits[:, :-1]], dim=1)  # (B, T, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return logp.gather(-1, c.sequences[:, P:, None]).squeeze(-1)
+    attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
+    logits = module(
+        input_ids=c.sequences, attention_mask=attn, position_ids=positions(attn), logits_to_keep=T + 1
+    ).logits
+    return completion_token_logprobs(logits, c.sequences, P)
