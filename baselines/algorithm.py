@@ -47,6 +47,7 @@ __all__ = [
     "Algorithm",
     "GroupBatch",
     "LossInput",
+    "algorithm_card",
     "available_algorithms",
     "config_class_of",
     "load_algorithm",
@@ -111,6 +112,12 @@ class Algorithm(ABC):
     """Base class of a learning algorithm; subclass it, implement :meth:`advantages`, optionally :meth:`loss`."""
 
     name: ClassVar[str] = "algorithm"
+    display_name: ClassVar[str] = ""
+    """Name shown on leaderboards (default: the class name)."""
+    family: ClassVar[str] = "other"
+    """Leaderboard family, e.g. ``joint-reward`` (trained on the joint reward), ``independent-reward``."""
+    description: ClassVar[str] = ""
+    """One sentence on the method (default: the first line of the class docstring)."""
     reward_mode: ClassVar[Literal["joint", "independent"]] = "joint"
     config_class: ClassVar[type | None] = None
     """The config dataclass (None: ``baselines.magrpo.MAGRPOConfig``); see :func:`config_class_of`."""
@@ -184,6 +191,17 @@ class Algorithm(ABC):
                 stats[f"grad_norm/{agent}"] = float(grad_norm)
                 stats[f"logprob/{agent}_mean"] = float(masked_sum(token_lp.detach(), samples.mask).mean())
         return stats
+
+
+def algorithm_card(cls: type[Algorithm]) -> dict[str, str]:
+    """``{"name", "display_name", "family", "description"}`` of an algorithm class, for leaderboard entries."""
+    doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+    return {
+        "name": cls.name,
+        "display_name": cls.display_name or cls.__name__,
+        "family": cls.family,
+        "description": cls.description or " ".join(doc.split()),
+    }
 
 
 # ----- registry -----------------------------------------------------------------------------------------------

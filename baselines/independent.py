@@ -37,6 +37,9 @@ class IndependentGRPO(Algorithm):
     returns and updates with the summed-token policy-gradient loss; this class supplies the advantages."""
 
     name = "independent"
+    display_name = "Independent GRPO"
+    family = "independent-reward"
+    description = "Each agent is trained on its own individual reward with its own group baseline."
     reward_mode = "independent"  # <- the difference: each agent is scored by its own reward
     config_class = IndependentConfig
 

@@ -200,6 +200,9 @@ class MAGRPO(Algorithm):
     updates with the summed-token policy-gradient loss; MAGRPO supplies the advantages."""
 
     name = "magrpo"
+    display_name = "MAGRPO"
+    family = "joint-reward"
+    description = "Every agent is trained on the joint reward with a group-relative advantage (Liu et al., arXiv 2508.04652)."
     reward_mode = "joint"  # <- the difference: every agent is scored by the joint reward
     config_class = MAGRPOConfig
 
