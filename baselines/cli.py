@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -25,37 +27,83 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 USAGE = __doc__
 
 
-def train_main(argv: list[str]) -> dict:
+@dataclass
+class TrainOptions:
+    """How to run `llm-coop train` itself (the algorithm and preset are read before the other flags)."""
+
+    algo: str = "magrpo"
+    """Algorithm: a built-in or entry-point name, or an import path module:Class."""
+    preset: str | None = None
+    """Named runner settings applied before the other flags (embedded-demo, paper-writing, paper-coding)."""
+    progress: bool = True
+    """Show a progress bar (--no-progress hides it)."""
+
+
+def _require(module: str, extra: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise SystemExit(
+            f"llm-coop: this command needs the '{extra}' extra ({module} is missing): pip install -c constraints.txt "
+            f"'llm-coop-envs[{extra}]' (from a checkout: pip install -c constraints.txt -e '.[{extra}]')"
+        ) from None
+
+
+def parse_train_args(argv: list[str]) -> tuple[TrainOptions, Any, Any]:
+    """(options, RunConfig, the algorithm's own config or None) of a `llm-coop train` command line."""
     import tyro
 
-    from baselines.algorithm import available_algorithms, config_class_of, resolve_algorithm
-    from baselines.magrpo import PRESETS, preset
-    from baselines.training import train
+    from baselines.algorithm import available_algorithms, resolve_algorithm
+    from baselines.config import PRESETS, RunConfig, preset
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--algo", default="magrpo", help="built-in or entry-point name, or module:Class")
-    pre.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    pre.add_argument("--no-progress", action="store_true")
-    known, rest = pre.parse_known_args(argv)
+    pre.add_argument("--algo", default="magrpo")
+    pre.add_argument("--preset", default=None)
+    known, _ = pre.parse_known_args(argv)
     try:
-        config_cls = config_class_of(resolve_algorithm(known.algo))
+        cls = resolve_algorithm(known.algo)
+        run = preset(known.preset)
     except ValueError as exc:
         raise SystemExit(f"llm-coop train: {exc}") from None
-    cfg = tyro.cli(
-        config_cls,
-        args=rest,
-        default=preset(known.preset, config_cls),
-        description=f"Train {known.algo} (also: --algo {{{','.join(sorted(available_algorithms()))}}}, --preset {{{','.join(sorted(PRESETS))}}}, --no-progress)",
+    options = TrainOptions(algo=known.algo, preset=known.preset)
+    fields: list[tuple[str, type, Any]] = [("options", TrainOptions, options), ("run", RunConfig, run)]
+    if cls.config_class is not None:
+        fields.append(("algorithm", cls.config_class, cls.config_class()))
+    args_cls = dataclasses.make_dataclass("TrainArgs", [(name, kind) for name, kind, _ in fields])
+    algos = ", ".join(sorted(available_algorithms()))
+    parsed = tyro.cli(
+        args_cls,
+        args=argv,
+        default=args_cls(*(value for _, _, value in fields)),
+        prog="llm-coop train",
+        description=f"Train an algorithm ({algos}; or module:Class) with presets {', '.join(sorted(PRESETS))}.",
+        config=(tyro.conf.OmitArgPrefixes,),
     )
+    return parsed.options, parsed.run, getattr(parsed, "algorithm", None)
+
+
+def train_main(argv: list[str]) -> dict:
+    _require("tyro", "train")
+    _require("torch", "train")
+    from baselines.algorithm import resolve_algorithm
+    from baselines.training import RunDirError, TrainingInterrupted, train
+
+    options, run, algo_cfg = parse_train_args(argv)
     try:
-        cfg.validate()
-    except ValueError as exc:
+        algorithm = resolve_algorithm(options.algo)(algo_cfg)
+        run.validate()
+        algorithm.check_run(run)
+        summary = train(run, algorithm, progress=options.progress)
+    except (ValueError, RunDirError) as exc:
         raise SystemExit(f"llm-coop train: {exc}") from None
-    summary = train(cfg, known.algo, progress=not known.no_progress)
+    except TrainingInterrupted as exc:
+        print(f"\nllm-coop train: {exc}", file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps({k: v for k, v in summary.items() if k != "example_after"}))
     return summary
 

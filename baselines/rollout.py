@@ -5,8 +5,9 @@ A rollout starts from an env that was just reset on one task. At each node every
 (`aligned` or `cross`) are each stepped on an exact clone of the node's env; in a multi-turn env each
 joint action that did not end the episode spawns a child node whose prompts are the observations that
 clone returned.
-Rewards are recorded per node as a (J, K) tensor: K = 1 (the joint reward) or K = n (each agent's own
-reward), chosen by the algorithm through the env's `reward_mode`.
+Every node records both reward channels from the env's infos, whatever the env's `reward_mode`: a (J, 1 + n)
+tensor whose column 0 is the joint reward and column 1 + i agent i's own (individual) reward. Tree returns
+are computed on every column; the algorithm alone picks which channel trains which agent.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import torch
 from baselines.lm.policies import Completions, Policies, SamplingConfig
 from baselines.objectives import TreeNode, joint_actions, should_expand
 
+JOINT = 0
+"""Column of the joint reward in a node's (J, 1 + n) rewards and returns; agent i's own is column 1 + i."""
+
 
 @dataclass
 class Node(TreeNode):
@@ -26,8 +30,11 @@ class Node(TreeNode):
 
     completions: dict[str, Completions] = field(default_factory=dict)
     actions: list[tuple[int, ...]] = field(default_factory=list)
-    joint_rewards: torch.Tensor | None = None  # (J,) the env's joint reward, always logged
     turn: int = 1
+
+    @property
+    def joint_rewards(self) -> torch.Tensor:  # (J,)
+        return self.rewards[:, JOINT]
 
 
 @dataclass
@@ -60,7 +67,7 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
                 root = node
             else:
                 parent.children[slot] = node
-            if turn < rs.max_turns and should_expand(node.rewards, rs.early_termination):
+            if turn < rs.max_turns and should_expand(node.joint_rewards, rs.early_termination):
                 opened += [(b[0], b[1], node, j) for j, b in enumerate(branches) if b is not None]
         frontier, turn = opened, turn + 1
     assert root is not None
@@ -72,22 +79,18 @@ def _expand(env, completions: dict[str, Completions], rs: RolloutSettings, turn:
     the node (children not yet filled) and, per joint action, (clone, observations) or None if it ended."""
     agents = list(completions)
     actions = joint_actions(len(agents), rs.num_generations, rs.joint_mode)  # type: ignore[arg-type]
-    rewards, joint, branches = [], [], []
+    rewards, branches = [], []
     for action in actions:
         branch = env.clone()
-        next_obs, reward, term, trunc, infos = branch.step(
+        next_obs, _, term, trunc, infos = branch.step(
             {a: completions[a].texts[action[i]] for i, a in enumerate(agents)}
         )
-        rewards.append([float(reward[a]) for a in agents])
-        joint.append(float(infos[agents[0]]["joint_reward"]))
+        joint = float(infos[agents[0]]["joint_reward"])
+        rewards.append([joint, *(float(infos[a]["individual_reward"]) for a in agents)])
         done = all(term.values()) or all(trunc.values())
         branches.append(None if done else (branch, next_obs))
-    reward_t = torch.tensor(rewards, dtype=torch.float64)  # (J, n)
-    if env.reward_mode == "joint":
-        reward_t = reward_t[:, :1]  # (J, 1): identical columns
-    node = Node(
-        rewards=reward_t, completions=completions, actions=actions, joint_rewards=torch.tensor(joint), turn=turn
-    )
+    reward_t = torch.tensor(rewards, dtype=torch.float64)  # (J, 1 + n): joint, then each agent's own
+    node = Node(rewards=reward_t, completions=completions, actions=actions, turn=turn)
     node.children = [None] * len(actions)
     return node, branches
 
@@ -104,17 +107,14 @@ def walk(node: Node) -> list[Node]:
 
 def node_stats(root: Node, nodes: list[Node]) -> dict[str, Any]:
     """Reward and response statistics of one training step (root = the first turn)."""
-    if root.joint_rewards is None:
-        raise ValueError("node_stats needs a node built by rollout_tree (joint_rewards is missing)")
     stats: dict[str, Any] = {
         "reward/joint_mean": float(root.joint_rewards.mean()),
         "reward/joint_max": float(root.joint_rewards.max()),
         "reward/joint_std": float(root.joint_rewards.std(unbiased=False)),
         "tree/nodes": len(nodes),
     }
-    if root.rewards.shape[1] > 1:
-        for i, agent in enumerate(root.completions):
-            stats[f"reward/{agent}_individual_mean"] = float(root.rewards[:, i].mean())
+    for i, agent in enumerate(root.completions):
+        stats[f"reward/{agent}_individual_mean"] = float(root.rewards[:, JOINT + 1 + i].mean())
     for agent, c in root.completions.items():
         stats[f"completion/{agent}_tokens_mean"] = float(c.mask.sum(dim=1).float().mean())
         stats[f"completion/{agent}_chars_mean"] = sum(len(t) for t in c.texts) / len(c.texts)

@@ -4,23 +4,31 @@ Reproducibility: the randomness of step s (task choice and sampling) is seeded f
 a checkpoint holds the trainable weights, optimiser states, RNG states, the step and the length of
 metrics.jsonl at that step. A run killed at any moment and resumed with `--resume` therefore ends with the
 same weights and the same metrics (apart from `time/*` keys) as an uninterrupted run.
+
+A run directory holds one run: training into a directory that holds another run is refused unless
+`--overwrite`; `--resume` checks the stored config.json and allows only `--steps` to grow; Ctrl-C writes a
+checkpoint of the last finished step and says how to continue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from baselines.algorithm import Algorithm, load_algorithm, train_step
+from baselines.config import RESUMABLE_FIELDS, RunConfig
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import Policies
-from baselines.magrpo import MAGRPOConfig
 from baselines.rollout import evaluate
 
 EVAL_SEED = 12_345  # evaluation sampling seed, the same for every run so before/after are comparable
@@ -37,7 +45,7 @@ def task_for_step(task_ids: list[str], seed: int, step: int) -> str:
     return task_ids[int(order[index])]
 
 
-def build_policies(cfg: MAGRPOConfig, agents: list[str]) -> Policies:
+def build_policies(cfg: RunConfig, agents: list[str], need_reference: bool = False) -> Policies:
     models = list(cfg.agent_models) if cfg.agent_models else cfg.model
     embedded = models is None or models == str(EMBEDDED_DIR)
     finetune = ("full" if embedded else "lora") if cfg.finetune == "auto" else cfg.finetune
@@ -49,13 +57,13 @@ def build_policies(cfg: MAGRPOConfig, agents: list[str]) -> Policies:
         cfg.lora_r,
         cfg.lora_alpha,
         chat_template=cfg.chat_template,
-        need_reference=cfg.kl_coef > 0,
+        need_reference=need_reference,
         dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
         device=cfg.device,
     )
 
 
-def run_eval(make_eval_env, policies: Policies, test_ids: list[str], cfg: MAGRPOConfig) -> dict[str, Any]:
+def run_eval(make_eval_env, policies: Policies, test_ids: list[str], cfg: RunConfig) -> dict[str, Any]:
     results = [
         evaluate(make_eval_env, policies, test_ids, cfg.sampling(), EVAL_SEED + k) for k in range(cfg.eval_seeds)
     ]
@@ -101,7 +109,7 @@ def _truncate(path: Path, size: int) -> None:
         fh.truncate(size)
 
 
-def make_optimizers(policies: Policies, agents: list[str], cfg) -> dict[str, torch.optim.Optimizer]:
+def make_optimizers(policies: Policies, agents: list[str], cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
     """One AdamW per agent over its trainable tensors, as the fused multi-tensor kernel (one update kernel per
     step instead of several operations per tensor)."""
     return {
@@ -110,97 +118,215 @@ def make_optimizers(policies: Policies, agents: list[str], cfg) -> dict[str, tor
     }
 
 
-def train(cfg: MAGRPOConfig, algo: str, progress: bool = True, make_env=None) -> dict[str, Any]:
-    """Train with `algo` ('magrpo' or 'independent'); returns the summary also written to summary.json.
-    `make_env(id, reward_mode=..., max_turns=..., dataset=...)` defaults to `baselines.untrained.make_env`:
-    `llm_coop_envs.make`, plus `single:<id>` (one agent writes both parts: single-agent GRPO)."""
-    from tqdm import tqdm
+class RunDirError(ValueError):
+    """The output directory holds another run, or a run that the given config cannot resume."""
 
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C during training: a checkpoint of the last finished step was written."""
+
+    def __init__(self, step: int, output_dir: Path) -> None:
+        super().__init__(f"interrupted at step {step}; continue with --resume (output dir {output_dir})")
+        self.step, self.output_dir = step, output_dir
+
+
+@dataclass
+class RunFiles:
+    """The files of one run directory."""
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "eval.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    def holds_a_run(self) -> bool:
+        return any(p.exists() for p in (self.metrics, self.evals, self.checkpoint, self.config))
+
+
+def run_record(run: RunConfig, algorithm: Algorithm) -> dict[str, Any]:
+    """What config.json holds: the algorithm's name, every runner field, and the algorithm's own settings."""
+    cfg = algorithm.cfg
+    own = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) else {}
+    return {"algo": algorithm_name(algorithm), **run.to_json(), "algorithm_config": own}
+
+
+def algorithm_name(algorithm: Algorithm) -> str:
+    """The name that finds the algorithm again: its registry name, else its ``module:Class`` path."""
+    cls = type(algorithm)
+    from baselines.algorithm import available_algorithms
+
+    if available_algorithms().get(cls.name) == f"{cls.__module__}:{cls.__qualname__}":
+        return cls.name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def check_run_dir(files: RunFiles, record: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: a new run never lands on another one (unless ``overwrite``), and a resumed run must
+    have the stored config except for :data:`RESUMABLE_FIELDS` (``steps`` may only grow)."""
+    if resume:
+        if not files.checkpoint.exists():
+            raise RunDirError(f"--resume: no checkpoint at {files.checkpoint}; start without --resume")
+        stored = json.loads(files.config.read_text()) if files.config.exists() else None
+        if stored is None:
+            raise RunDirError(f"--resume: {files.config} is missing, cannot check that this is the same run")
+        for key in sorted(set(stored) | set(record)):
+            if key not in RESUMABLE_FIELDS and stored.get(key) != record.get(key):
+                raise RunDirError(
+                    f"--resume: field {key!r} is {record.get(key)!r} here but {stored.get(key)!r} in the run "
+                    f"in {files.root}; only --steps may change (upwards)"
+                )
+        if record["steps"] < stored["steps"]:
+            raise RunDirError(f"--resume: --steps {record['steps']} is below the run's {stored['steps']} steps")
+        return
+    if files.holds_a_run() and not overwrite:
+        raise RunDirError(
+            f"{files.root} already holds a run; continue it with --resume, or replace it with --overwrite"
+        )
+    if overwrite:
+        for path in (files.metrics, files.evals, files.checkpoint, files.config, files.root / "summary.json"):
+            path.unlink(missing_ok=True)
+
+
+def train(run: RunConfig, algorithm: Algorithm | str, progress: bool = True, make_env=None) -> dict[str, Any]:
+    """Train ``algorithm`` (an instance, or a name with its default settings) with the runner settings
+    ``run``; returns the summary also written to summary.json. ``make_env(id, max_turns=..., dataset=...)``
+    defaults to :func:`baselines.untrained.make_env`: ``llm_coop_envs.make``, plus ``single:<id>`` (one agent
+    writes both parts: single-agent GRPO). Ctrl-C writes a checkpoint and raises TrainingInterrupted."""
     if make_env is None:
-        from baselines.untrained import make_env  # llm_coop_envs.make, plus "single:<id>" (single-agent GRPO)
-    make = make_env
+        from baselines.untrained import make_env
+    algorithm = load_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
+    run.validate()
+    algorithm.check_run(run)
+    files = RunFiles(Path(run.output_dir or Path("runs") / algorithm.name))
+    record = run_record(run, algorithm)
+    check_run_dir(files, record, run.resume, run.overwrite)
+    torch.set_num_threads(run.threads)
+    random.seed(run.seed)
+    np.random.seed(run.seed % 2**32)
+    env_kwargs = dict(max_turns=run.max_turns, dataset=run.dataset)
+    env = make_env(run.env, **env_kwargs)
+    session = Session(run, algorithm, env, lambda: make_env(run.env, **env_kwargs), files)
+    start = session.begin()
+    files.config.write_text(json.dumps(record, indent=2) + "\n")
+    session.loop(start, progress)
+    return session.finish()
 
-    from baselines.algorithm import load_algorithm
 
-    cfg.validate()
-    module = load_algorithm(algo, cfg)  # built-in name, entry-point name or "module:Class"
-    torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    env_kwargs = dict(max_turns=cfg.max_turns, dataset=cfg.dataset)
-    env = make(cfg.env, reward_mode=module.REWARD_MODE, **env_kwargs)
+@dataclass
+class Session:
+    """One training run in progress: its env, policies, optimisers and files."""
 
-    def make_eval_env():
-        return make(cfg.env, reward_mode="joint", **env_kwargs)
+    run: RunConfig
+    algorithm: Algorithm
+    env: Any
+    make_eval_env: Callable[[], Any]
+    files: RunFiles
+    writer: Any = None
 
-    agents = list(env.possible_agents)
-    policies = build_policies(cfg, agents)
-    optimizers = make_optimizers(policies, agents, cfg)
-    train_ids, test_ids = env.task_ids("train"), env.task_ids("test")
-    test_ids = test_ids[: cfg.eval_tasks] if cfg.eval_tasks else test_ids
+    def __post_init__(self) -> None:
+        self.agents = list(self.env.possible_agents)
+        self.policies = build_policies(self.run, self.agents, need_reference=self.algorithm.reference_kl_coef() != 0)
+        self.optimizers = make_optimizers(self.policies, self.agents, self.run)
+        self.train_ids = self.env.task_ids("train")
+        test_ids = self.env.task_ids("test")
+        self.test_ids = test_ids[: self.run.eval_tasks] if self.run.eval_tasks else test_ids
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path, eval_path, ckpt_path = out / "metrics.jsonl", out / "eval.jsonl", out / "checkpoint.pt"
-    start = 0
-    if cfg.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, policies, optimizers)
-        start = state["step"]
-        _truncate(metrics_path, state["metrics_bytes"])
-        _truncate(eval_path, state["eval_bytes"])
-    else:
-        metrics_path.write_text("")
-        first = {"step": 0, **run_eval(make_eval_env, policies, test_ids, cfg)}
-        eval_path.write_text(json.dumps(first) + "\n")
-    (out / "config.json").write_text(json.dumps({"algo": algo, **_jsonable(cfg)}, indent=2) + "\n")
-    writer = _tensorboard(out) if cfg.tensorboard else None
+    def begin(self) -> int:
+        """The first step to run: 0 for a new run (after the step-0 evaluation), the checkpoint's on resume."""
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        if self.run.tensorboard:
+            self.writer = _tensorboard(self.files.root)
+        if self.run.resume:
+            state = load_checkpoint(self.files.checkpoint, self.policies, self.optimizers)
+            _truncate(self.files.metrics, state["metrics_bytes"])
+            _truncate(self.files.evals, state["eval_bytes"])
+            return int(state["step"])
+        self.files.metrics.write_text("")
+        first = {"step": 0, **run_eval(self.make_eval_env, self.policies, self.test_ids, self.run)}
+        self.files.evals.write_text(json.dumps(first) + "\n")
+        return 0
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=algo, disable=not progress, dynamic_ncols=True)
-    for step in range(start, cfg.steps):
-        seed = step_seed(cfg.seed, step)
+    def loop(self, start: int, progress: bool) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=self.run.steps, initial=start, desc=self.algorithm.name, disable=not progress, dynamic_ncols=True
+        )
+        step = start
+        try:
+            for step in range(start, self.run.steps):
+                row = self.step(step)
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{row['reward/joint_mean']:.2f}", eval=f"{row.get('eval/joint_mean', float('nan')):.2f}"
+                )
+                if step + 1 == self.run.steps or (step + 1) % self.run.save_every == 0:
+                    self.save(step + 1)
+        except KeyboardInterrupt:
+            self.save(step)  # `step` did not finish: the checkpoint holds every step before it
+            raise TrainingInterrupted(step, self.files.root) from None
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def step(self, step: int) -> dict[str, Any]:
+        """Run training step ``step`` (0-based), log it, and evaluate when due."""
+        seed = step_seed(self.run.seed, step)
         torch.manual_seed(seed)
-        obs, _ = env.reset(seed=seed, options={"task_id": task_for_step(train_ids, cfg.seed, step)})
+        obs, _ = self.env.reset(seed=seed, options={"task_id": task_for_step(self.train_ids, self.run.seed, step)})
         t0 = time.perf_counter()
-        stats = module.train_step(env, obs, policies, optimizers, cfg)
+        stats = train_step(self.algorithm, self.env, obs, self.policies, self.optimizers, self.run)
         row = {"step": step + 1, **stats, "time/step_s": time.perf_counter() - t0}
-        done = step + 1 == cfg.steps
-        if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
-            result = {"step": step + 1, **run_eval(make_eval_env, policies, test_ids, cfg)}
+        every = self.run.eval_every
+        if step + 1 == self.run.steps or (every and (step + 1) % every == 0):
+            result = {"step": step + 1, **run_eval(self.make_eval_env, self.policies, self.test_ids, self.run)}
             row["eval/joint_mean"] = result["eval/joint_mean"]
-            with open(eval_path, "a") as fh:
+            with open(self.files.evals, "a") as fh:
                 fh.write(json.dumps(result) + "\n")
-        with open(metrics_path, "a") as fh:
+        with open(self.files.metrics, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if writer is not None:
+        if self.writer is not None:
             for key, value in row.items():
                 if key != "step":
-                    writer.add_scalar(key, value, step + 1)
-        bar.update(1)
-        bar.set_postfix(
-            reward=f"{row['reward/joint_mean']:.2f}", eval=f"{row.get('eval/joint_mean', float('nan')):.2f}"
-        )
-        if done or (step + 1) % cfg.save_every == 0:
-            save_checkpoint(
-                ckpt_path, step + 1, policies, optimizers, metrics_path.stat().st_size, eval_path.stat().st_size
-            )
-    bar.close()
-    if writer is not None:
-        writer.close()
-    for agent in agents:
-        policies.save_final(agent, out / "final" / agent)
-    evals = [json.loads(line) for line in eval_path.read_text().splitlines()]
-    summary = {
-        "algo": algo,
-        "env": cfg.env,
-        "seed": cfg.seed,
-        "steps": cfg.steps,
-        "eval_before": evals[0]["eval/joint_mean"],
-        "eval_after": evals[-1]["eval/joint_mean"],
-        "example_after": evals[-1]["eval/example"],
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_rewards(out, title=f"{algo} on {cfg.env} (seed {cfg.seed})")
-    return summary
+                    self.writer.add_scalar(key, value, step + 1)
+        return row
+
+    def save(self, step: int) -> None:
+        sizes = self.files.metrics.stat().st_size, self.files.evals.stat().st_size
+        save_checkpoint(self.files.checkpoint, step, self.policies, self.optimizers, *sizes)
+
+    def finish(self) -> dict[str, Any]:
+        """Final weights, summary.json and the reward plot."""
+        out = self.files.root
+        for agent in self.agents:
+            self.policies.save_final(agent, out / "final" / agent)
+        evals = [json.loads(line) for line in self.files.evals.read_text().splitlines()]
+        summary = {
+            "algo": algorithm_name(self.algorithm),
+            "env": self.run.env,
+            "seed": self.run.seed,
+            "steps": self.run.steps,
+            "eval_before": evals[0]["eval/joint_mean"],
+            "eval_after": evals[-1]["eval/joint_mean"],
+            "example_after": evals[-1]["eval/example"],
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_rewards(out, title=f"{self.algorithm.name} on {self.run.env} (seed {self.run.seed})")
+        return summary
 
 
 def plot_rewards(out: Path, title: str = "") -> Path:
@@ -231,15 +357,6 @@ def plot_rewards(out: Path, title: str = "") -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def _jsonable(cfg: MAGRPOConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return {
-        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-        for k, v in dataclasses.asdict(cfg).items()
-    }
 
 
 def _tensorboard(out: Path):

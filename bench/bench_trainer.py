@@ -66,13 +66,16 @@ def _prompts(n: int) -> list[dict]:
 def run_ours(finetune: str, steps: int, warmup: int, device: str) -> dict:
     import torch
 
-    from baselines import magrpo
+    from baselines.algorithm import train_step
+    from baselines.config import RunConfig
+    from baselines.magrpo import MAGRPO, MAGRPOConfig
     from baselines.training import build_policies, make_optimizers
     from llm_coop_envs import make
 
     torch.set_num_threads(1)
     items = _prompts(steps + warmup)
-    cfg = magrpo.MAGRPOConfig(
+    algorithm = MAGRPO(MAGRPOConfig())
+    cfg = RunConfig(
         num_generations=COMMON["G"],
         max_new_tokens=COMMON["max_new_tokens"],
         lr=COMMON["lr"],
@@ -91,7 +94,7 @@ def run_ours(finetune: str, steps: int, warmup: int, device: str) -> dict:
         torch.manual_seed(i)
         obs, _ = env.reset(seed=0, options={"task_id": item["task_id"]})
         t0 = time.perf_counter()
-        stats = magrpo.train_step(env, obs, policies, opts, cfg)
+        stats = train_step(algorithm, env, obs, policies, opts, cfg)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         if i >= warmup:

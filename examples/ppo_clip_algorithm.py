@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from baselines.algorithm import Algorithm, GroupBatch, LossInput
-from baselines.magrpo import MAGRPOConfig
+from baselines.config import RunConfig
 
 
 @dataclass
-class PPOClipConfig(MAGRPOConfig):
-    """MAGRPOConfig plus the clip range."""
+class PPOClipConfig:
+    """This algorithm's own settings (the runner's are `baselines.config.RunConfig`)."""
 
     clip_eps: float = 0.2
     """PPO clip range epsilon: the ratio is clipped to [1 - eps, 1 + eps]."""
@@ -37,16 +37,22 @@ class MultiAgentPPOClip(Algorithm):
     """Joint-reward PPO-clip with RLOO advantages; every agent uses the advantage of its joint action."""
 
     name = "ppo_clip"
-    reward_mode = "joint"
+    display_name = "Multi-agent PPO-clip (RLOO)"
+    family = "joint-reward"
     config_class = PPOClipConfig
     update_epochs = 2
+    cfg: PPOClipConfig
+
+    def check_run(self, run: RunConfig) -> None:
+        if run.num_generations < 2:
+            raise ValueError("config field num_generations: leave-one-out advantages need num_generations >= 2")
+        if run.joint_mode != "aligned":
+            raise ValueError("config field joint_mode: this example supports aligned joint actions only")
 
     def advantages(self, group: GroupBatch) -> dict[str, torch.Tensor]:
         G = group.num_generations
-        if len(group.joint_actions) != G:
-            raise ValueError("this example supports aligned joint actions only (joint_mode='aligned')")
-        returns = group.returns[:, 0]  # (G,) joint return of joint action g
-        loo_mean = (returns.sum() - returns) / max(G - 1, 1)  # (G,) mean of the other G-1
+        returns = group.joint_returns  # (G,) joint return of joint action g (aligned: J = G)
+        loo_mean = (returns.sum() - returns) / (G - 1)  # (G,) mean of the other G-1
         advantage = returns - loo_mean  # (G,)
         return {agent: advantage for agent in group.agents}
 

@@ -1,4 +1,4 @@
-"""The plug-in algorithm interface: registry, built-ins implement it, a user algorithm trains via the runner."""
+"""The plug-in algorithm interface: registry, the built-ins' advantages, a user algorithm trained by the runner."""
 
 from __future__ import annotations
 
@@ -10,35 +10,32 @@ import torch
 from toy_env import make_toy_env
 
 from baselines import algorithm as algorithm_module
-from baselines import independent, magrpo
-from baselines.algorithm import Algorithm, GroupBatch, config_class_of, load_algorithm, resolve_algorithm
-from baselines.lm.policies import Completions
-from baselines.magrpo import MAGRPOConfig
+from baselines.algorithm import Algorithm, GroupBatch, algorithm_card, load_algorithm, resolve_algorithm, train_step
+from baselines.config import RunConfig
+from baselines.independent import IndependentGRPO
+from baselines.lm.completions import Completions
+from baselines.magrpo import MAGRPO, MAGRPOConfig
 from baselines.training import build_policies, train
 
 
-def small_cfg(cls=MAGRPOConfig, **kw):
+def small_run(**kw) -> RunConfig:
     base = dict(num_generations=3, max_new_tokens=10, eval_tasks=1, eval_seeds=1, eval_every=0, save_every=1)
-    return cls(**{**base, **kw})
+    return RunConfig(**{**base, **kw})
 
 
-REFACTORED = hasattr(magrpo, "MAGRPO")
-needs_refactor = pytest.mark.skipif(not REFACTORED, reason="MAGRPO/independent not yet moved onto the interface")
-
-
-@needs_refactor
-def test_builtins_resolve_to_interface_classes():
-    assert resolve_algorithm("magrpo") is magrpo.MAGRPO and magrpo.MAGRPO.reward_mode == "joint"
-    assert resolve_algorithm("independent") is independent.IndependentGRPO
-    assert independent.IndependentGRPO.reward_mode == "independent"
-    assert config_class_of(magrpo.MAGRPO) is MAGRPOConfig
+def test_builtins_resolve_to_their_classes_with_their_cards():
+    assert resolve_algorithm("magrpo") is MAGRPO and resolve_algorithm("independent") is IndependentGRPO
+    assert algorithm_card(MAGRPO)["family"] == "joint-reward"
+    assert algorithm_card(IndependentGRPO)["display_name"] == "Independent GRPO"
+    assert MAGRPO.config_class is MAGRPOConfig and IndependentGRPO.config_class is MAGRPOConfig
 
 
 def test_import_paths_resolve():
     from examples.ppo_clip_algorithm import MultiAgentPPOClip, PPOClipConfig
 
     assert resolve_algorithm("examples.ppo_clip_algorithm:MultiAgentPPOClip") is MultiAgentPPOClip
-    assert config_class_of(MultiAgentPPOClip) is PPOClipConfig
+    assert MultiAgentPPOClip.config_class is PPOClipConfig
+    assert isinstance(load_algorithm("examples.ppo_clip_algorithm:MultiAgentPPOClip").cfg, PPOClipConfig)
 
 
 def test_entry_point_group_is_searched(monkeypatch):
@@ -61,95 +58,86 @@ def test_bad_algorithm_names_are_explained(name, message):
         resolve_algorithm(name)
 
 
-def _group(returns: list[float], agents=("first", "second")) -> GroupBatch:
-    G = len(returns)
+def hand_group(joint: list[float], own: list[list[float]], agents=("first", "second")) -> GroupBatch:
+    """An aligned single-turn group: ``joint[g]`` the joint return, ``own[g][i]`` agent i's own return."""
+    G = len(joint)
     empty = Completions(
         torch.zeros(G, 2, dtype=torch.long), torch.ones(G, 1), torch.ones(G, 1, dtype=torch.bool), [""] * G
     )
-    r = torch.tensor(returns, dtype=torch.float64)[:, None]  # (G, 1)
-    return GroupBatch(agents, {a: empty for a in agents}, tuple((g, g) for g in range(G)), r, r, r[:, 0], G, 1, 0)
+    j = torch.tensor(joint, dtype=torch.float64)  # (G,)
+    o = torch.tensor(own, dtype=torch.float64)  # (G, n)
+    actions = tuple((g,) * len(agents) for g in range(G))
+    return GroupBatch(agents, {a: empty for a in agents}, actions, j, j, o, o, G, 1, 0)
 
 
-class InterfaceMAGRPO(Algorithm):
-    """MAGRPO's advantage written against the interface only (aligned mode, mean baseline)."""
+def test_magrpo_and_independent_grpo_differ_exactly_by_the_reward_channel():
+    """The method difference, by hand: joint returns (1, 2, 6); own returns first (3, 0, 0), second (0, 1, 5).
+    MAGRPO: every agent gets R - mean(R) = (-2, -1, 3). Independent: first (2, -1, -1), second (-2, -1, 3)."""
+    group = hand_group([1.0, 2.0, 6.0], [[3.0, 0.0], [0.0, 1.0], [0.0, 5.0]])
+    joint = MAGRPO(MAGRPOConfig()).advantages(group)
+    own = IndependentGRPO(MAGRPOConfig()).advantages(group)
+    expected = {
+        "magrpo": {"first": [-2.0, -1.0, 3.0], "second": [-2.0, -1.0, 3.0]},
+        "independent": {"first": [2.0, -1.0, -1.0], "second": [-2.0, -1.0, 3.0]},
+    }
+    for name, got in (("magrpo", joint), ("independent", own)):
+        for agent, values in expected[name].items():
+            assert torch.allclose(got[agent], torch.tensor(values, dtype=torch.float64)), (name, agent)
 
-    def advantages(self, group):
-        returns = group.returns[:, 0]  # (G,)
-        return {agent: returns - returns.mean() for agent in group.agents}
 
-
-def test_known_answer_advantages_of_magrpo_and_the_example():
+def test_the_example_computes_leave_one_out_advantages():
     from examples.ppo_clip_algorithm import MultiAgentPPOClip, PPOClipConfig
 
-    algo = InterfaceMAGRPO(MAGRPOConfig(num_generations=3))
-    adv = algo.advantages(_group([1.0, 2.0, 6.0]))
-    assert torch.allclose(adv["first"], torch.tensor([-2.0, -1.0, 3.0], dtype=torch.float64))
-    assert torch.equal(adv["first"], adv["second"])  # one joint advantage for every agent
-    ppo = MultiAgentPPOClip(PPOClipConfig(num_generations=3))
-    loo = ppo.advantages(_group([1.0, 2.0, 6.0]))["first"]  # R_g - mean of the other two
+    group = hand_group([1.0, 2.0, 6.0], [[0.0, 0.0]] * 3)
+    loo = MultiAgentPPOClip(PPOClipConfig()).advantages(group)["first"]  # R_g - mean of the other two
     assert torch.allclose(loo, torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("extra", [{}, {"kl_coef": 0.1, "max_grad_norm": 1.0, "max_turns": 2}])
-def test_interface_runner_reproduces_the_magrpo_update_exactly(extra):
-    """The interface's train_step with MAGRPO's advantage = magrpo.train_step: same stats, same weights."""
-    results = []
-    for step_fn in (magrpo.train_step, InterfaceMAGRPO(small_cfg(**extra)).train_step):
-        cfg = small_cfg(lr=1e-3, **extra)
-        env = make_toy_env(max_turns=cfg.max_turns)
-        policies = build_policies(cfg, env.possible_agents)
-        opts = {a: torch.optim.AdamW(policies.parameters(a), lr=cfg.lr) for a in env.possible_agents}
-        stats = []
-        for step in range(2):
-            torch.manual_seed(100 + step)
-            obs, _ = env.reset(seed=step, options={"task_id": f"train-{step}"})
-            stats.append(step_fn(env, obs, policies, opts, cfg))
-        results.append((stats, {a: policies.state_dict(a) for a in env.possible_agents}))
-    (stats_a, weights_a), (stats_b, weights_b) = results
-    assert stats_a == stats_b
-    for agent, state in weights_a.items():
-        assert all(torch.equal(value, weights_b[agent][name]) for name, value in state.items())
+def test_group_baselines_refuse_one_generation():
+    with pytest.raises(ValueError, match="num_generations"):
+        MAGRPO(MAGRPOConfig()).check_run(small_run(num_generations=1))
+    with pytest.raises(ValueError, match="num_generations"):
+        IndependentGRPO(MAGRPOConfig(advantage_mode="rloo")).check_run(small_run(num_generations=1))
+    MAGRPO(MAGRPOConfig(advantage_mode="raw")).check_run(small_run(num_generations=1))  # REINFORCE: no baseline
 
 
-@needs_refactor
+def test_an_algorithm_gets_its_own_config_class():
+    with pytest.raises(TypeError, match="MAGRPOConfig"):
+        MAGRPO(small_run())  # the runner's settings are not the algorithm's
+
+
+class WrongShape(MAGRPO):
+    def advantages(self, group):
+        return {agent: torch.zeros(group.num_generations + 1) for agent in group.agents}
+
+
+def test_a_wrong_advantage_shape_names_the_algorithm_and_the_shape():
+    run = small_run()
+    env = make_toy_env()
+    policies = build_policies(run, env.possible_agents)
+    opts = {a: torch.optim.AdamW(policies.parameters(a)) for a in env.possible_agents}
+    obs, _ = env.reset(options={"task_id": "train-0"})
+    with pytest.raises(ValueError, match=r"WrongShape\.advantages: 'first' has shape \(4,\), expected \(3,\)"):
+        train_step(WrongShape(MAGRPOConfig()), env, obs, policies, opts, run)
+
+
 def test_user_algorithm_trains_through_the_same_runner(tmp_path):
-    from examples.ppo_clip_algorithm import PPOClipConfig
+    from examples.ppo_clip_algorithm import MultiAgentPPOClip, PPOClipConfig
 
     out = tmp_path / "ppo"
-    cfg = small_cfg(PPOClipConfig, steps=2, output_dir=out, lr=1e-3, clip_eps=0.1)
-    before = build_policies(cfg, ["first", "second"])
+    run = small_run(steps=2, output_dir=out, lr=1e-3)
+    before = build_policies(run, ["first", "second"])
     initial = {a: dict(before.members[a].module.named_parameters()) for a in before.agents}
-    summary = train(cfg, "examples.ppo_clip_algorithm:MultiAgentPPOClip", progress=False, make_env=make_toy_env)
+    summary = train(run, MultiAgentPPOClip(PPOClipConfig(clip_eps=0.1)), progress=False, make_env=make_toy_env)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and "clip_fraction/first" in rows[-1] and "loss/second" in rows[-1]
     assert summary["algo"] == "examples.ppo_clip_algorithm:MultiAgentPPOClip"
+    record = json.loads((out / "config.json").read_text())
+    assert record["algo"] == summary["algo"]
+    assert record["algorithm_config"] == {"clip_eps": 0.1} and "advantage_mode" not in record
     trained = torch.load(out / "checkpoint.pt", weights_only=False)["policies"]
     for agent, params in initial.items():
         unchanged = [n for n, p in params.items() if torch.equal(p.detach(), trained[agent][n])]
-        assert not unchanged, f"{agent}: every trainable parameter must change, unchanged: {unchanged}"
-
-
-def test_user_algorithm_updates_every_parameter_through_the_interface_runner():
-    from examples.ppo_clip_algorithm import MultiAgentPPOClip, PPOClipConfig
-
-    cfg = small_cfg(PPOClipConfig, lr=1e-3, clip_eps=0.1)
-    algo = load_algorithm("examples.ppo_clip_algorithm:MultiAgentPPOClip", cfg)
-    assert isinstance(algo, MultiAgentPPOClip) and algo.REWARD_MODE == "joint"
-    env = make_toy_env()
-    policies = build_policies(cfg, env.possible_agents)
-    before = {
-        a: {n: p.detach().clone() for n, p in policies.members[a].module.named_parameters()}
-        for a in env.agents or env.possible_agents
-    }
-    opts = {a: torch.optim.AdamW(policies.parameters(a), lr=cfg.lr) for a in env.possible_agents}
-    for step in range(2):
-        torch.manual_seed(step)
-        obs, _ = env.reset(seed=step, options={"task_id": f"train-{step}"})
-        stats = algo.train_step(env, obs, policies, opts, cfg)
-    assert "clip_fraction/first" in stats and "loss/second" in stats and stats["advantage/abs_mean"] >= 0
-    for agent, params in before.items():
-        now = dict(policies.members[agent].module.named_parameters())
-        unchanged = [n for n, p in params.items() if torch.equal(p, now[n].detach())]
         assert not unchanged, f"{agent}: every trainable parameter must change, unchanged: {unchanged}"
 
 
@@ -158,4 +146,4 @@ def test_subclass_needs_advantages():
         pass
 
     with pytest.raises(TypeError):
-        Incomplete(MAGRPOConfig())  # type: ignore[abstract]
+        Incomplete()  # type: ignore[abstract]

@@ -9,19 +9,25 @@ import pytest
 import torch
 from toy_env import ToyEnv, make_toy_env
 
-from baselines import independent, magrpo
+from baselines.algorithm import train_step
+from baselines.config import RunConfig, preset
+from baselines.independent import IndependentGRPO
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import Completions, Policies, SamplingConfig
-from baselines.magrpo import MAGRPOConfig
+from baselines.magrpo import MAGRPO, MAGRPOConfig
 from baselines.objectives import masked_sum
 from baselines.training import train
 
-ALGOS = {"magrpo": magrpo, "independent": independent}
+ALGOS = {"magrpo": MAGRPO, "independent": IndependentGRPO}
 
 
-def small_cfg(**kw) -> MAGRPOConfig:
+def small_cfg(**kw) -> RunConfig:
     base = dict(num_generations=3, max_new_tokens=12, eval_tasks=1, eval_seeds=1, eval_every=2, save_every=1)
-    return MAGRPOConfig(**{**base, **kw})
+    return RunConfig(**{**base, **kw})
+
+
+def magrpo_step(env, obs, policies, optimizers, run: RunConfig) -> dict:
+    return train_step(MAGRPO(MAGRPOConfig()), env, obs, policies, optimizers, run)
 
 
 def snapshot(policies: Policies) -> dict[str, torch.Tensor]:
@@ -36,9 +42,9 @@ def snapshot(policies: Policies) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_update_changes_every_trainable_parameter_and_no_frozen_one(algo, finetune):
     torch.manual_seed(0)
-    module = ALGOS[algo]
+    algorithm = ALGOS[algo](MAGRPOConfig())
     cfg = small_cfg(finetune=finetune, lr=1e-3)
-    env = ToyEnv(reward_mode=module.REWARD_MODE)
+    env = ToyEnv()
     policies = Policies(env.possible_agents, None, finetune, lora_r=4)
     trainable = {n for a in env.possible_agents for n, p in _named(policies, a)}
     optimizers = {a: torch.optim.AdamW(policies.parameters(a), lr=cfg.lr) for a in env.possible_agents}
@@ -46,7 +52,7 @@ def test_update_changes_every_trainable_parameter_and_no_frozen_one(algo, finetu
     # LoRA B starts at zero, so A gets its first gradient on the second update
     for step in range(1 if finetune == "full" else 2):
         obs, _ = env.reset(options={"task_id": f"train-{step}"})
-        stats = module.train_step(env, obs, policies, optimizers, cfg)
+        stats = train_step(algorithm, env, obs, policies, optimizers, cfg)
         assert stats["advantage/abs_mean"] > 0
     after = snapshot(policies)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -172,13 +178,11 @@ def test_multi_turn_tree_and_cross_mode_run():
     policies = Policies(env.possible_agents, None, "full")
     opts = {a: torch.optim.AdamW(policies.parameters(a), lr=1e-4) for a in env.possible_agents}
     obs, _ = env.reset(options={"task_id": "train-0"})
-    stats = magrpo.train_step(
-        env, obs, policies, opts, small_cfg(num_generations=2, max_turns=2, early_termination=None)
-    )
+    stats = magrpo_step(env, obs, policies, opts, small_cfg(num_generations=2, max_turns=2, early_termination=None))
     assert stats["tree/nodes"] == 1 + 2  # aligned: 1 + G nodes for H = 2
     env1 = ToyEnv(max_turns=1)
     obs, _ = env1.reset(options={"task_id": "train-1"})
-    stats = magrpo.train_step(env1, obs, policies, opts, small_cfg(num_generations=2, joint_mode="cross"))
+    stats = magrpo_step(env1, obs, policies, opts, small_cfg(num_generations=2, joint_mode="cross"))
     assert stats["tree/nodes"] == 1
 
 
@@ -247,16 +251,16 @@ def test_final_lora_adapters_load_with_peft(tmp_path):
 
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="num_generations"):
-        MAGRPOConfig(num_generations=0).validate()
+        RunConfig(num_generations=0).validate()
     with pytest.raises(ValueError, match="joint_mode"):
-        MAGRPOConfig(joint_mode="cross", max_turns=2).validate()
+        RunConfig(joint_mode="cross", max_turns=2).validate()
 
 
 def test_presets_apply():
-    cfg = magrpo.preset("paper-writing")
+    cfg = preset("paper-writing")
     assert (cfg.lr, cfg.num_generations, cfg.max_new_tokens, cfg.finetune) == (5e-6, 4, 256, "full")
     with pytest.raises(ValueError, match="preset"):
-        magrpo.preset("nope")
+        preset("nope")
 
 
 def _registered_ids() -> list[str]:
@@ -317,7 +321,7 @@ def test_single_agent_grpo_is_magrpo_with_one_agent():
     before = snapshot(policies)
     opts = {"first": torch.optim.AdamW(policies.parameters("first"), lr=1e-3)}
     obs, _ = env.reset(options={"task_id": "train-0"})
-    stats = magrpo.train_step(env, obs, policies, opts, small_cfg(num_generations=4))
+    stats = magrpo_step(env, obs, policies, opts, small_cfg(num_generations=4))
     assert stats["advantage/abs_mean"] > 0 and "loss/first" in stats
     after = snapshot(policies)
     assert all(not torch.equal(before[k], after[k]) for k in before)

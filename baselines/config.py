@@ -1,0 +1,194 @@
+"""The runner's settings, shared by every algorithm: model, sampling, optimiser, rollout, logging, checkpoints.
+
+An algorithm's own settings (advantage baseline, clip range, ...) live in its own config class, declared by
+the algorithm (``Algorithm.config_class``); ``llm-coop train`` parses both into flat flags. ``PRESETS`` are
+typed :class:`RunConfig` values with the source of each value on its line.
+
+    llm-coop train --preset paper-coding --model Qwen/Qwen2.5-Coder-3B
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from baselines.lm.completions import SamplingConfig
+from baselines.rollout import RolloutSettings
+
+__all__ = ["PRESETS", "RESUMABLE_FIELDS", "RunConfig", "preset"]
+
+
+@dataclass
+class RunConfig:
+    """Runner settings. Defaults: the embedded model on CPU (docs/learning_on_cpu.md); `--preset` for the paper."""
+
+    env: str = "coop_writing-v0"
+    """Registered env id (see `llm_coop_envs.registry_ids()`), or `single:<id>` for one model writing every part."""
+    model: str | None = None
+    """HF causal LM name or local path for every agent; None = the embedded default model (no download)."""
+    agent_models: tuple[str, ...] = ()
+    """One model per agent (in `possible_agents` order), overriding `model`: heterogeneous teams."""
+    finetune: Literal["auto", "lora", "full"] = "auto"
+    """lora = one frozen base + one adapter per agent; full = a full copy per agent (the paper); auto = full
+    for the embedded model (LoRA at high lr degenerated there, docs/learning_on_cpu.md), lora otherwise."""
+    steps: int = 450
+    """Training steps; one step = one task (the root of one rollout tree)."""
+    seed: int = 0
+    """Seed of the task order, the sampling and the LoRA init (evaluation uses fixed seeds for every run)."""
+    output_dir: Path | None = None
+    """Where metrics.jsonl, eval.jsonl, checkpoint.pt, final/ and reward_curve.png go; None = runs/<algo>."""
+    num_generations: int = 4
+    """G, responses sampled per agent per node (paper: 4)."""
+    max_new_tokens: int = 96
+    """Token budget per response (paper: 256)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 = greedy (paper: 0.7)."""
+    top_k: int = 0
+    """Top-k filter, 0 = off (paper: 50)."""
+    top_p: float = 1.0
+    """Nucleus filter, 1.0 = off (paper: 0.9)."""
+    lr: float = 2e-4
+    """AdamW learning rate, constant, one optimiser per agent (paper: 5e-6 writing, 1e-5 coding)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float | None = None
+    """Clip each agent's gradient norm to this; None = no clipping."""
+    joint_mode: Literal["aligned", "cross"] = "aligned"
+    """aligned: the g-th responses form joint action g (G joint actions); cross: all G**n combinations."""
+    max_turns: int = 1
+    """Turns per episode passed to the env (writing: 1; coding: 1 or 2)."""
+    gamma: float = 0.9
+    """Discount of child returns in multi-turn trees (paper-era code: 0.9)."""
+    early_termination: float | None = None
+    """Stop expanding a node whose mean immediate joint reward exceeds this; None = off (reference: -0.2)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
+    chat_template: bool = False
+    """Wrap each prompt in the tokenizer's chat template (paper: no)."""
+    dataset: str = "bundled"
+    """Env dataset argument."""
+    eval_every: int = 50
+    """Evaluate on the held-out split every this many steps (0 = only before and after training)."""
+    eval_tasks: int = 0
+    """Held-out tasks per evaluation, 0 = all."""
+    eval_seeds: int = 2
+    """Sampled episodes per held-out task in each evaluation (averaged)."""
+    save_every: int = 25
+    """Write the atomic checkpoint every this many steps (and at the end)."""
+    tensorboard: bool = False
+    """Also log to TensorBoard (needs the `tensorboard` package)."""
+    resume: bool = False
+    """Continue the run in output_dir from its checkpoint.pt (only --steps may grow)."""
+    overwrite: bool = False
+    """Replace a different run already in output_dir (its files are deleted first)."""
+    threads: int = 1
+    """torch CPU threads (1 gives bit-identical reruns)."""
+    device: str = "cpu"
+    """torch device, e.g. cpu or cuda."""
+    bf16: bool = False
+    """Load models in bfloat16 (GPU)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        checks = [
+            ("steps", self.steps >= 1, "must be >= 1"),
+            ("num_generations", self.num_generations >= 1, "must be >= 1"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+            ("temperature", self.temperature >= 0, "must be >= 0"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("max_turns", self.max_turns >= 1, "must be >= 1"),
+            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+            ("max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0, "must be > 0 or None"),
+            ("eval_every", self.eval_every >= 0, "must be >= 0"),
+            ("eval_seeds", self.eval_seeds >= 1, "must be >= 1"),
+            ("save_every", self.save_every >= 1, "must be >= 1"),
+            ("resume", not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
+            ("joint_mode", self.joint_mode == "aligned" or self.max_turns == 1, "cross is single-turn only"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"config field {name}={getattr(self, name)!r}: {why}")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(self.max_new_tokens, self.temperature, self.top_k, self.top_p)
+
+    def rollout_settings(self) -> RolloutSettings:
+        return RolloutSettings(
+            self.num_generations, self.joint_mode, self.max_turns, self.early_termination, self.sampling()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values (paths as strings, tuples as lists)."""
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items()}
+
+
+RESUMABLE_FIELDS = frozenset({"steps", "resume", "overwrite", "tensorboard", "save_every"})
+"""Fields that may differ between a run on disk and its `--resume` (steps only upwards)."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+PRESETS: dict[str, RunConfig] = {
+    # docs/learning_on_cpu.md: the setting that learned on 2 CPU cores with the embedded model
+    "embedded-demo": RunConfig(
+        model=None,  # the embedded ~1M model
+        finetune="full",  # two full copies (LoRA at high lr degenerated)
+        lr=2e-4,  # stable; 5e-4 collapsed
+        num_generations=4,  # G = 4
+        temperature=1.0,  # plain sampling ...
+        top_k=0,  # ... no top-k ...
+        top_p=1.0,  # ... no nucleus
+        max_new_tokens=96,  # 96 new tokens
+        steps=450,  # 0.69 -> 2.33 held-out in the trial
+    ),
+    # docs/method.md, paper settings, writing (TLDR)
+    "paper-writing": RunConfig(
+        env="coop_writing-v0",  # TLDR summarisation
+        model="Qwen/Qwen3-1.7B",  # 2 x Qwen3-1.7B
+        finetune="full",  # full fine-tuning
+        lr=5e-6,  # lr 5e-6
+        num_generations=4,  # G = 4
+        max_new_tokens=256,  # 256 new tokens
+        temperature=0.7,  # sampling temperature 0.7
+        top_p=0.9,  # top-p 0.9
+        top_k=50,  # top-k 50
+        steps=1000,  # 1 epoch over 1000 prompts, batch 1
+        chat_template=False,  # no chat template
+    ),
+    # docs/method.md, paper settings, coding (HumanEval)
+    "paper-coding": RunConfig(
+        env="coop_coding-v0",  # HumanEval-style coding
+        model="Qwen/Qwen2.5-Coder-3B",  # 2 x Qwen2.5-Coder-3B (base)
+        finetune="full",  # full fine-tuning
+        lr=1e-5,  # lr 1e-5
+        num_generations=4,  # G = 4
+        max_new_tokens=256,  # 256 new tokens
+        temperature=0.7,  # temperature 0.7
+        top_p=0.9,  # top-p 0.9
+        top_k=0,  # no top-k on HumanEval
+        max_turns=2,  # H = 2 turns with level feedback
+        gamma=0.9,  # discount 0.9
+        steps=2000,  # ~1.5K-2K steps
+    ),
+}
+
+
+def preset(name: str | None) -> RunConfig:
+    """A copy of the named preset (None: the plain defaults)."""
+    if name is None:
+        return RunConfig()
+    if name not in PRESETS:
+        raise ValueError(f"preset {name!r} unknown; presets: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])
