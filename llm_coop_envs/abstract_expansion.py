@@ -144,6 +144,15 @@ class AbstractExpansionEnv(WritingEnv):
         ),
     }
     cues = {"background": "Background and motivation:", "method": "Method and implications:"}
+    handoff_ratio = 1.15  # the middle of the level-2 length-ratio band
+    handoff_words = (128, 256)  # the level-1 length gate
+    single_instructions = (
+        "Turn the paper abstract below into an introduction of two parts. Part one: the background and "
+        "motivation (the problem, why it matters, what earlier work leaves open), about 150 to 250 words. Part "
+        "two: the method and its implications (the approach, the key results and what they mean), about 150 "
+        "to 250 words. Put a line holding only --- between the two parts. Output only the two parts."
+    )
+    single_cue = "Introduction:"
     bundled_file = "abstracts.jsonl"
     bundled_text = staticmethod(_abstract_text)
     hub_sources = HUB_SOURCES

@@ -182,6 +182,11 @@ class CodingEnv(CoopParallelEnv):
     """Cooperative helper/main code writing (see the module docstring)."""
 
     roles = ("helper", "main")
+    single_instructions = (
+        "You are a Python programmer. Write the problem's function, with the name and signature given, that "
+        "solves the problem below. Put any imports it needs inside the function. Output only the code of the "
+        "function: no explanations, no markdown fences, no tests."
+    )
     metadata = {"name": "coop_coding_v0", "render_modes": ["ansi", "human"], "is_parallelizable": True}
 
     def __init__(
@@ -223,6 +228,13 @@ class CodingEnv(CoopParallelEnv):
         self.max_timeouts = max_timeouts
 
     # ----- prompts ------------------------------------------------------------------------------------------
+    def split_single_response(self, text: str) -> dict[str, str]:
+        """A single model's response is the whole solution: it becomes ``main``; ``helper`` writes nothing."""
+        return {"helper": "", "main": text}
+
+    def handoff_message(self, first_text: str) -> str:
+        return f"The helper function `aux` is already written:\n\n{first_text.strip()}"
+
     def role_instructions(self, agent: str) -> str:
         return _INSTRUCTIONS[agent]
 

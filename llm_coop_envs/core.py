@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -221,6 +222,37 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
         """Raw prompt text of a chat transcript: the contents joined by blank lines."""
         return "\n\n".join(message["content"] for message in messages)
 
+    def score_many(self, items: Sequence[tuple[Task, Mapping[str, str]]]) -> list[Score]:
+        """Score many joint actions (a GRPO group, an eval split); envs that run code batch them."""
+        return [self.score(task, actions) for task, actions in items]
+
+    # ----- hooks of the untrained protocols and the single-model view (task knowledge, not learning) ------
+    single_instructions: ClassVar[str | None] = None
+    """Instructions for ONE model that writes every agent's part (the single-model baseline)."""
+    single_cue: ClassVar[str | None] = None
+    """The cue that ends the single-model prompt (None: the last agent's own cue)."""
+
+    def single_model_prompt(self, prompts: Mapping[str, str]) -> str:
+        """The one prompt of the single-model baseline, from this turn's prompts: the single-model
+        instructions, then the last agent's task message (source text and cue)."""
+        if self.single_instructions is None:
+            raise NotImplementedError(f"{type(self).__name__} defines no single-model prompt (single_instructions)")
+        last = self.possible_agents[-1]
+        body = prompts[last][len(self.role_instructions(last)) :].strip()  # task message = source text + cue
+        text, cue = split_cue(body)
+        return f"{self.single_instructions}\n\n{text}\n\n{self.single_cue or cue}"
+
+    def split_single_response(self, text: str) -> dict[str, str]:
+        """One single-model response as this env's joint action (default: the delimiter rule over two parts:
+        a line holding only ``---``, else the first blank line, else the first sentence)."""
+        if len(self.possible_agents) != 2:
+            raise NotImplementedError(f"{type(self).__name__} has {len(self.possible_agents)} agents, not two parts")
+        return dict(zip(self.possible_agents, split_two_parts(text), strict=True))
+
+    def handoff_message(self, first_text: str) -> str:
+        """What the second agent is told of the first agent's text in the sequential protocol."""
+        raise NotImplementedError(f"{type(self).__name__} defines no sequential hand-off (handoff_message)")
+
     # ----- PettingZoo API --------------------------------------------------------------------------------
     def observation_space(self, agent: str) -> spaces.Space[Any]:
         return self._observation_spaces[self._known_agent(agent)]
@@ -410,6 +442,33 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
             "turn": self._state.turn,
             "messages": list(self._state.messages[agent]),
         }
+
+
+def split_cue(prompt: str) -> tuple[str, str]:
+    """(everything before the cue, the cue): the cue is the prompt's last blank-line-separated paragraph."""
+    head, sep, cue = prompt.rpartition("\n\n")
+    if not sep:
+        raise ValueError("prompt has no blank line before its cue")
+    return head, cue
+
+
+DELIMITER = "---"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_two_parts(text: str) -> tuple[str, str]:
+    """The delimiter rule: part 1 before the first line holding only ``---`` and part 2 after it; without
+    such a line, the first paragraph and the rest; without a blank line, the first sentence and the rest
+    (a one-sentence text gives part 2 = "")."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.strip() == DELIMITER:
+            return "\n".join(lines[:i]).strip(), "\n".join(lines[i + 1 :]).strip()
+    head, sep, rest = text.strip().partition("\n\n")
+    if sep:
+        return head.strip(), rest.strip()
+    parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
+    return parts[0].strip(), parts[1].strip() if len(parts) > 1 else ""
 
 
 def _score_info(agent: str, score: Score) -> dict[str, Any]:

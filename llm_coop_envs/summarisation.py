@@ -148,6 +148,15 @@ class SummarisationEnv(WritingEnv):
         ),
     }
     cues = {"summary": "Concise summary:", "elaboration": "Detailed summary:"}
+    handoff_ratio = 2.4  # the middle of the level-2 length-ratio band
+    handoff_words = (8, 256)  # the level-1 length gate
+    single_instructions = (
+        "Write a two-paragraph summary of the forum post below. First paragraph: a concise summary of the "
+        "post's main point in one to three sentences. Second paragraph: a more detailed summary that uses more "
+        "unique words and links its ideas with a few transition words (for example 'moreover', 'however', "
+        "'as a result'). Put a line holding only --- between the two paragraphs. Output only the two paragraphs."
+    )
+    single_cue = "Summary:"
     bundled_file = "posts.jsonl"
     bundled_text = staticmethod(_post_text)
     hub_sources = HUB_SOURCES

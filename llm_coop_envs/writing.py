@@ -167,6 +167,11 @@ class WritingEnv(CoopParallelEnv):
     instructions: Mapping[str, str] = {}
     cues: Mapping[str, str] = {}
     rubrics: Mapping[str, OwnTextRubric] = {}
+    handoff_ratio: float = 1.0
+    """Agent 2's target length as a multiple of agent 1's words in the sequential protocol (the middle of the
+    reward's length-ratio band)."""
+    handoff_words: tuple[int, int] = (1, 10_000)
+    """The word range agent 2's target length is clamped to (the reward's length gate)."""
     bundled_file: str = ""
     hub_sources: Mapping[str, HubTextSource] = {}
 
@@ -234,6 +239,11 @@ class WritingEnv(CoopParallelEnv):
             f"{b[f'{self._partner(agent)}_tokens']}.\n"
             f"Revise your part and output only your text.\n\n{self.cues[agent]}"
         )
+
+    def handoff_message(self, first_text: str) -> str:
+        target = round(self.handoff_ratio * len(first_text.split()))
+        target = min(max(target, self.handoff_words[0]), self.handoff_words[1])
+        return f"Your partner already wrote the first part:\n\n{first_text.strip()}\n\nWrite about {target} words."
 
     def _partner(self, agent: str) -> str:
         return next(other for other in self.roles if other != agent)
