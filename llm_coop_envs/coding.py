@@ -53,7 +53,15 @@ main parses on its own; + the passed fraction of the joint tests.
 ``tests_total``, ``tests_timed_out``, ``aux_found``, ``aux_defined``, ``main_found``, ``main_defined``,
 ``syntax_error`` (text or None), ``program_status``, ``program_error``, ``calls_aux``, ``thin_wrapper``,
 ``aux_result_ignored``, ``visible_tests`` (test text and outcome), ``sandbox_backend``, ``aux_loads``,
-``helper_individual``, ``main_individual``.
+``helper_individual``, ``main_individual``, ``tests_unsplit`` (see below).
+
+**Judging** (:mod:`llm_coop_envs.sandbox.judge`): model code and the expected values never share a process.
+Each assert is split on its syntax tree: only the calls of the entry point and ``aux`` (with the setup their
+arguments need) run in the sandboxed program's process, their results come back as plain data (exact builtin
+types only; anything else fails the test), and the assert itself is evaluated in a separate sandbox process
+that never ran model code, after the prompt's imports. So rewriting the harness, forging result frames or an
+always-true ``__eq__`` earns nothing. Asserts of a shape that cannot be split run inside the program's
+process as before; ``tests_unsplit`` counts them (0 of the 1,128 asserts extracted from HumanEval).
 
 **Episode end**: termination when every test passes (``solved``); truncation after ``max_turns`` (default 1).
 With ``max_turns >= 2`` each agent's next prompt holds its own earlier prompts and answers (never its
@@ -172,7 +180,9 @@ class _Analysis:
     def jobs(self, timeout: float, max_timeouts: int) -> list[TestJob]:
         jobs = []
         if self.program is not None and self.syntax_error is None:
-            jobs.append(TestJob(self.program, tuple(self.task.fields["asserts"]), timeout, max_timeouts))
+            asserts, names = tuple(self.task.fields["asserts"]), (self.task.fields["entry_point"], "aux")
+            prelude = "\n".join(self.task.fields["imports"])
+            jobs.append(TestJob(self.program, asserts, timeout, max_timeouts, call_names=names, judge_prelude=prelude))
         if self.aux_alone is not None:
             jobs.append(TestJob(self.aux_alone, (), timeout, max_timeouts))
         return jobs
@@ -289,7 +299,7 @@ class CodingEnv(CoopParallelEnv):
             "syntax_error": a.syntax_error, "tests_passed": 0, "tests_total": len(a.task.fields["asserts"]),
             "tests_timed_out": 0, "program_status": "not_run", "program_error": None, "calls_aux": a.main_calls_aux,
             "thin_wrapper": False, "aux_result_ignored": False, "visible_tests": [],
-            "sandbox_backend": self.sandbox.backend, "stopped_at": 0,
+            "sandbox_backend": self.sandbox.backend, "stopped_at": 0, "tests_unsplit": 0,
         }  # fmt: skip
         levels = [0.4 * aux_defined + 0.6 * main_defined, 0.0, 0.0, 0.0]
         joint = reports[0] if a.program is not None and a.syntax_error is None else None
@@ -314,6 +324,7 @@ class CodingEnv(CoopParallelEnv):
     def _test_and_cooperation_levels(self, a: _Analysis, report: JobReport, b: dict[str, Any]) -> tuple[float, float]:
         assert a.program is not None
         b.update(tests_passed=report.passed, tests_timed_out=report.timeouts, sandbox_backend=report.backend)
+        b["tests_unsplit"] = report.tests_unsplit
         b.update(program_status=report.program_status, program_error=_clip(report.program_error))
         asserts = a.task.fields["asserts"]
         b["visible_tests"] = [

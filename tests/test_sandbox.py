@@ -45,6 +45,8 @@ BACKENDS = [
 def make_box(backend: str, **kwargs: object) -> Sandbox:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        if backend == "subprocess":
+            kwargs.setdefault("allow_unsafe_root", True)
         return Sandbox(backend, **kwargs)  # type: ignore[arg-type]
 
 
@@ -168,7 +170,7 @@ def test_no_processes_left_after_close(box: Sandbox) -> None:
 
 
 def worker_pids(box: Sandbox) -> list[int]:
-    return [w.proc.pid for w in box._pool.live]
+    return [w.proc.pid for w in box._pool.programs.live]
 
 
 def descendants(exclude: set[int] | None = None) -> list[int]:
@@ -421,7 +423,7 @@ def test_files_outside_the_temp_dir(box: Sandbox, tmp_path: Path) -> None:
     run_hostile(box, program, ("assert f() >= 1",))
     assert not any(t.exists() for t in targets)
     assert (decoy / "keep.txt").read_text() == "keep"
-    assert (PROJECT / "llm_coop_envs" / "sandbox.py").exists()
+    assert (PROJECT / "llm_coop_envs" / "sandbox" / "api.py").exists()
 
 
 @pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap")
@@ -457,12 +459,12 @@ def test_network_is_unreachable() -> None:
 
 
 def test_auto_falls_back_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llm_coop_envs import sandbox
+    from llm_coop_envs.sandbox import api, pool
 
-    monkeypatch.setattr(sandbox, "_bwrap_mode", [None])
-    monkeypatch.setattr(sandbox, "_warned_fallback", [])
+    monkeypatch.setattr(pool, "_bwrap_mode", [None])
+    monkeypatch.setattr(api, "_warned_fallback", [])
     with pytest.warns(RuntimeWarning, match="bubblewrap"):
-        box = Sandbox("auto", workers=1)
+        box = Sandbox("auto", workers=1, allow_unsafe_root=True)
     with box:
         assert box.backend == "subprocess"
         assert box.run(TestJob(GOOD_PROGRAM, GOOD_TESTS)).passed == 3
