@@ -35,19 +35,19 @@ top-level extra functions are dropped by the env's extractor, as for any main an
 level's +0.4 for a defined ``aux`` and the cooperation bonus are out of reach by construction: the single
 model's score is comparable on ``tests`` and ``syntax``, not on ``return``.
 
-:class:`SingleAgentEnv` wraps a two-agent env as a one-agent env (agent ``single``) with exactly this
-prompt and split, so training it with MAGRPO is the paper's "fine-tuned single model" (GRPO) baseline:
-``llm-coop train --env single:coop_writing-v0``.
+:class:`llm_coop_envs.wrappers.SingleAgentEnv` wraps a two-agent env as a one-agent env (agent ``single``)
+with exactly this prompt and split, so training it with MAGRPO is the paper's "fine-tuned single model"
+(GRPO) baseline: ``llm-coop train --env single:coop_writing-v0``.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from llm_coop_envs.core import CoopParallelEnv
+from llm_coop_envs.wrappers import SINGLE_AGENT, SINGLE_PREFIX, SingleAgentEnv, base_env_id, make_env
 
 __all__ = [
     "PROTOCOLS",
@@ -56,6 +56,7 @@ __all__ = [
     "TARGET_RATIO",
     "Protocol",
     "SingleAgentEnv",
+    "base_env_id",
     "discussion_prompt",
     "make_env",
     "sequential_prompt",
@@ -66,38 +67,10 @@ __all__ = [
 
 Protocol = Literal["parallel", "sequential", "discussion", "single"]
 PROTOCOLS: tuple[str, ...] = ("single", "parallel", "sequential", "discussion")
-SINGLE_AGENT = "single"
-SINGLE_PREFIX = "single:"
 DELIMITER = "---"
 TARGET_RATIO = {"coop_writing-v0": 2.4, "coop_abstract_expansion-v0": 1.15}
 """Agent 2's target length as a multiple of agent 1's words (middle of the reward's length-ratio band)."""
 _LENGTH_GATE = {"coop_writing-v0": (8, 256), "coop_abstract_expansion-v0": (128, 256)}
-_SINGLE_INSTRUCTIONS = {
-    "coop_writing-v0": (
-        "Write a two-paragraph summary of the forum post below. First paragraph: a concise summary of the "
-        "post's main point in one to three sentences. Second paragraph: a more detailed summary that uses more "
-        "unique words and links its ideas with a few transition words (for example 'moreover', 'however', "
-        "'as a result'). Put a line holding only --- between the two paragraphs. Output only the two paragraphs."
-    ),
-    "coop_abstract_expansion-v0": (
-        "Turn the paper abstract below into an introduction of two parts. Part one: the background and "
-        "motivation (the problem, why it matters, what earlier work leaves open), about 150 to 250 words. Part "
-        "two: the method and its implications (the approach, the key results and what they mean), about 150 "
-        "to 250 words. Put a line holding only --- between the two parts. Output only the two parts."
-    ),
-    "coop_coding-v0": (
-        "You are a Python programmer. Write the problem's function, with the name and signature given, that "
-        "solves the problem below. Put any imports it needs inside the function. Output only the code of the "
-        "function: no explanations, no markdown fences, no tests."
-    ),
-}
-_SINGLE_CUE = {"coop_writing-v0": "Summary:", "coop_abstract_expansion-v0": "Introduction:"}
-
-
-def base_env_id(env_id: str) -> str:
-    return env_id[len(SINGLE_PREFIX) :] if env_id.startswith(SINGLE_PREFIX) else env_id
-
-
 def split_cue(prompt: str) -> tuple[str, str]:
     """(everything before the cue, the cue): the cue is the prompt's last blank-line-separated paragraph."""
     head, sep, cue = prompt.rpartition("\n\n")
@@ -137,16 +110,8 @@ def discussion_prompt(prompt: str, own_draft: str, partner_draft: str) -> str:
 
 
 def single_prompt(env_id: str, env: CoopParallelEnv, prompts: Mapping[str, str]) -> str:
-    """The one prompt of the single-model baseline, from the env's prompt for the LAST agent (writing: its
-    task text; coding: main's problem statement and cue), with single-model instructions."""
-    env_id = base_env_id(env_id)
-    if env_id not in _SINGLE_INSTRUCTIONS:
-        raise ValueError(f"no single-model prompt for {env_id!r}; known: {', '.join(_SINGLE_INSTRUCTIONS)}")
-    last = env.possible_agents[-1]
-    body = prompts[last][len(env.role_instructions(last)) :].strip()  # task message = source text + cue
-    text, cue = split_cue(body)
-    cue = _SINGLE_CUE.get(env_id, cue)
-    return f"{_SINGLE_INSTRUCTIONS[env_id]}\n\n{text}\n\n{cue}"
+    """The one prompt of the single-model baseline: the env's :meth:`~CoopParallelEnv.single_model_prompt`."""
+    return env.single_model_prompt(prompts)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -166,71 +131,3 @@ def split_single(env_id: str, agents: list[str], text: str) -> dict[str, str]:
         return {first: head.strip(), second: rest.strip()}
     parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
     return {first: parts[0].strip(), second: parts[1].strip() if len(parts) > 1 else ""}
-
-
-class SingleAgentEnv:
-    """A two-agent env seen as a one-agent env: agent ``single`` gets :func:`single_prompt`; its action is
-    split by :func:`split_single` and the inner env scores the pair. Single turn only. Rewards, infos and
-    breakdowns are the inner env's (``infos["single"]`` = agent 1's info; the individual reward is the
-    joint reward, so ``reward_mode`` makes no difference)."""
-
-    possible_agents = [SINGLE_AGENT]
-
-    def __init__(self, inner: CoopParallelEnv, env_id: str):
-        if inner.max_turns != 1:
-            raise ValueError("SingleAgentEnv is single-turn only (max_turns=1)")
-        self.inner, self.env_id = inner, env_id
-        self.agents: list[str] = []
-        self.last_actions: dict[str, str] = {}
-
-    @property
-    def reward_mode(self) -> str:
-        return "joint"
-
-    @property
-    def spec(self) -> Any:
-        return self.inner.spec
-
-    def task_ids(self, split: str | None = None) -> list[str]:
-        return self.inner.task_ids(split)
-
-    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
-        obs, infos = self.inner.reset(seed=seed, options=options)
-        self.agents = [SINGLE_AGENT]
-        prompt = single_prompt(self.env_id, self.inner, {a: o["prompt"] for a, o in obs.items()})
-        return {SINGLE_AGENT: {"prompt": prompt}}, {SINGLE_AGENT: infos[self.inner.possible_agents[0]]}
-
-    def step(self, actions: dict[str, str]):
-        if set(actions) != {SINGLE_AGENT}:
-            raise ValueError(f"SingleAgentEnv expects exactly the action of {SINGLE_AGENT!r}, got {sorted(actions)}")
-        self.last_actions = split_single(self.env_id, list(self.inner.possible_agents), actions[SINGLE_AGENT])
-        _, rewards, terms, truncs, infos = self.inner.step(self.last_actions)
-        first = self.inner.possible_agents[0]
-        info = dict(infos[first])
-        info["individual_reward"] = info["joint_reward"]
-        self.agents = []
-        joint = float(info["joint_reward"])
-        return (
-            {},
-            {SINGLE_AGENT: joint},
-            {SINGLE_AGENT: terms[first]},
-            {SINGLE_AGENT: truncs[first]},
-            {SINGLE_AGENT: info},
-        )
-
-    def clone(self) -> SingleAgentEnv:
-        other = copy.copy(self)
-        other.inner = self.inner.clone()
-        other.agents = list(self.agents)
-        return other
-
-
-def make_env(env_id: str, **kwargs: Any) -> Any:
-    """``llm_coop_envs.make`` that also accepts ``single:<id>`` (the single-agent view of ``<id>``)."""
-    from llm_coop_envs import make
-
-    if env_id.startswith(SINGLE_PREFIX):
-        base = base_env_id(env_id)
-        kwargs.pop("reward_mode", None)
-        return SingleAgentEnv(make(base, **kwargs), base)
-    return make(env_id, **kwargs)

@@ -1,0 +1,93 @@
+"""Views of a team env: the single-agent view, in which ONE model writes every agent's part.
+
+``make_env("single:coop_writing-v0")`` (or ``SingleAgentEnv(make("coop_writing-v0"))``) is a one-agent env
+whose agent ``single`` gets the env's single-model prompt (:meth:`CoopParallelEnv.single_model_prompt`); its
+response is split into the team's joint action by :meth:`CoopParallelEnv.split_single_response` and the
+inner env scores that pair. Training it with MAGRPO is the paper's "fine-tuned single model" (GRPO) baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from llm_coop_envs.core import CoopParallelEnv
+
+__all__ = ["SINGLE_AGENT", "SINGLE_PREFIX", "SingleAgentEnv", "base_env_id", "make_env"]
+
+SINGLE_AGENT = "single"
+SINGLE_PREFIX = "single:"
+
+
+def base_env_id(env_id: str) -> str:
+    """The team env id of ``single:<id>`` (other ids unchanged)."""
+    return env_id[len(SINGLE_PREFIX) :] if env_id.startswith(SINGLE_PREFIX) else env_id
+
+
+class SingleAgentEnv:
+    """A team env seen as a one-agent env (agent ``single``). Single turn only. Rewards, infos and breakdowns
+    are the inner env's (``infos["single"]`` = the first agent's info; the individual reward is the joint
+    reward, so ``reward_mode`` makes no difference)."""
+
+    possible_agents = [SINGLE_AGENT]
+
+    def __init__(self, inner: CoopParallelEnv) -> None:
+        if inner.max_turns != 1:
+            raise ValueError("SingleAgentEnv is single-turn only (max_turns=1)")
+        self.inner = inner
+        self.agents: list[str] = []
+        self.last_actions: dict[str, str] = {}
+
+    @property
+    def reward_mode(self) -> str:
+        return "joint"
+
+    @property
+    def spec(self) -> Any:
+        return self.inner.spec
+
+    def task_ids(self, split: str | None = None) -> list[str]:
+        return self.inner.task_ids(split)
+
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, infos = self.inner.reset(seed=seed, options=options)
+        self.agents = [SINGLE_AGENT]
+        prompt = self.inner.single_model_prompt({a: o["prompt"] for a, o in obs.items()})
+        return {SINGLE_AGENT: {"prompt": prompt}}, {SINGLE_AGENT: infos[self.inner.possible_agents[0]]}
+
+    def step(self, actions: dict[str, str]):
+        if set(actions) != {SINGLE_AGENT}:
+            raise ValueError(f"SingleAgentEnv expects exactly the action of {SINGLE_AGENT!r}, got {sorted(actions)}")
+        self.last_actions = self.inner.split_single_response(actions[SINGLE_AGENT])
+        _, _, terms, truncs, infos = self.inner.step(self.last_actions)
+        first = self.inner.possible_agents[0]
+        info = dict(infos[first])
+        info["individual_reward"] = info["joint_reward"]
+        self.agents = []
+        joint = float(info["joint_reward"])
+        return (
+            {},
+            {SINGLE_AGENT: joint},
+            {SINGLE_AGENT: terms[first]},
+            {SINGLE_AGENT: truncs[first]},
+            {SINGLE_AGENT: info},
+        )
+
+    def clone(self) -> SingleAgentEnv:
+        other = copy.copy(self)
+        other.inner = self.inner.clone()
+        other.agents = list(self.agents)
+        return other
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def make_env(env_id: str, **kwargs: Any) -> Any:
+    """``llm_coop_envs.make``, which also accepts ``single:<id>`` (the single-agent view of ``<id>``)."""
+    from llm_coop_envs.registration import make
+
+    if env_id.startswith(SINGLE_PREFIX):
+        kwargs.pop("reward_mode", None)
+        return SingleAgentEnv(make(base_env_id(env_id), **kwargs))
+    return make(env_id, **kwargs)
