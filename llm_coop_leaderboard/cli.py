@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-coop leaderboard", description="Leaderboard entries, tables, plots.")
-    parser.add_argument("--root", type=Path, default=None, help="leaderboards directory (default: the repo's)")
+    parser.add_argument("--root", type=Path, default=None, help="leaderboards directory (default: ./leaderboards)")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="regenerate tables and plots from the entries")
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything is stale/invalid")
@@ -74,7 +74,11 @@ def _rescore(root: Path, paths: list[Path]) -> int:
 def main(argv: list[str]) -> int:
     """Entry point of ``llm-coop leaderboard`` / ``python -m llm_coop_leaderboard``; returns the exit code."""
     args = _parser().parse_args(argv)
-    root = (args.root or leaderboard_root()).resolve()
+    try:
+        root = (args.root or leaderboard_root()).resolve()
+    except EntryError as error:
+        print(f"llm-coop leaderboard: --root: {error}", file=sys.stderr)
+        return 2
     if args.command == "build":
         return _build(root, args.check)
     if args.command == "rescore":

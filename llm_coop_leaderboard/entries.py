@@ -96,8 +96,15 @@ def make_entry(
     decoding: Mapping[str, Any],
     provenance: Mapping[str, Any],
     pass_ks: Sequence[int] = (1,),
+    seed_kind: str | None = None,
+    training_seeds: Sequence[int] | None = None,
+    train_steps: int | None = None,
 ) -> dict[str, Any]:
-    """A complete, validated, self-reported entry whose metrics are computed from ``transcript``."""
+    """A complete, validated, self-reported entry whose metrics are computed from ``transcript``.
+
+    ``seed_kind``: ``"training"`` (one trained run per seed, each sampled with its seed) or ``"sampling"``
+    (one model sampled under each seed); ``training_seeds``: the seeds the evaluated runs were trained with;
+    ``train_steps``: training steps per run. Each is left out of the entry when None."""
     result = aggregate(transcript.records, pass_ks=pass_ks)
     seeds = sorted({record.seed for record in transcript.records})
     entry = {
@@ -119,6 +126,12 @@ def make_entry(
         "provenance": dict(provenance),
         "verification": {"status": "self-reported"},
     }
+    if seed_kind is not None:
+        entry["seed_kind"] = seed_kind
+    if training_seeds is not None:
+        entry["training_seeds"] = sorted(training_seeds)
+    if train_steps is not None:
+        entry["train_steps"] = train_steps
     validate_entry(entry, entry_id)
     return entry
 

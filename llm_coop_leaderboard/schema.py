@@ -29,6 +29,7 @@ __all__ = [
     "leaderboard_root",
     "load_entry",
     "load_schema",
+    "method_families",
     "validate_entry",
 ]
 
@@ -58,6 +59,11 @@ def leaderboard_root(cwd: Path | None = None) -> Path:
             f"no leaderboards/ directory in {root.parent}; run from the repository root or pass --root DIR"
         )
     return root
+
+
+def method_families() -> list[str]:
+    """The values ``$.method.family`` may take (the schema's enum)."""
+    return list(load_schema(SCHEMA_VERSION)["properties"]["method"]["properties"]["family"]["enum"])
 
 
 @cache
@@ -187,6 +193,7 @@ def _semantic_errors(entry: Mapping[str, Any]) -> Iterator[str]:
     if "reference" in entry:
         yield "$.reference: only entries of family 'reference' carry a reference block"
     yield from _per_seed_errors(entry)
+    yield from _seed_kind_errors(entry)
     if "per_task" in entry:
         yield from _per_task_errors(entry)
     yield from _verification_errors(entry)
@@ -228,6 +235,18 @@ def _per_seed_errors(entry: Mapping[str, Any]) -> Iterator[str]:
         if primary not in values:
             yield f"$.metrics.per_seed.{seed}.{primary}: the primary metric is missing"
         yield from _metric_range_errors(values, f"$.metrics.per_seed.{seed}")
+
+
+def _seed_kind_errors(entry: Mapping[str, Any]) -> Iterator[str]:
+    kind, training = entry.get("seed_kind"), entry.get("training_seeds")
+    if training is None:
+        return
+    if kind is None:
+        yield "$.training_seeds: needs $.seed_kind (training or sampling) to say what $.seeds are"
+    elif kind == "training" and sorted(training) != sorted(entry["seeds"]):
+        yield f"$.training_seeds: {sorted(training)} must equal $.seeds {sorted(entry['seeds'])} (seed_kind training)"
+    elif kind == "sampling" and len(training) > 1:
+        yield f"$.training_seeds: seed_kind sampling evaluates ONE run, got {len(training)} training seeds"
 
 
 def _per_task_errors(entry: Mapping[str, Any]) -> Iterator[str]:

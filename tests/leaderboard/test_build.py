@@ -83,3 +83,32 @@ def test_grouping_never_mixes_spec_hashes(board: Path, tmp_path: Path) -> None:
         assert {m["dataset"]["hash"] for m in members} == {key.dataset_hash}
     pages = [name for name in build_outputs(board) if name.startswith("generated/coop_writing-v0--")]
     assert len(pages) == 4  # two groups, a table and a plot each
+
+
+def _trained_copy(board: Path, entry_id: str, name: str, steps: int, kind: str) -> None:
+    entry = json.loads((board / "entries" / f"{WRITING_ENTRY}.json").read_text())
+    entry.update(entry_id=entry_id, train_steps=steps, seed_kind=kind, training_seeds=entry["seeds"])
+    entry["method"].update(name=name, family="joint-reward")
+    (board / "entries" / f"{entry_id}.json").write_text(json.dumps(entry))
+
+
+def test_tables_show_training_steps_and_seed_kinds_and_flag_differing_budgets(board: Path) -> None:
+    _trained_copy(board, "long-run", "Long", 450, "training")
+    page = next(t.decode() for n, t in build_outputs(board).items() if n.endswith(".md") and "writing" in n)
+    header = next(line for line in page.splitlines() if line.startswith("| Rank"))
+    assert "| Train steps |" in header and "| Seeds × tasks |" in header
+    long_row = next(line for line in page.splitlines() if "[long-run]" in line)
+    scripted = next(line for line in page.splitlines() if f"[{WRITING_ENTRY}]" in line)
+    assert "| 450 |" in long_row and "(training seeds)" in long_row
+    assert "| – |" in scripted and "(sampling seeds)" in scripted
+    assert "Training budgets differ" not in page  # one trained budget only
+    _trained_copy(board, "short-run", "Short", 20, "training")
+    page = next(t.decode() for n, t in build_outputs(board).items() if n.endswith(".md") and "writing" in n)
+    assert "| 450 ² |" in page and "| 20 ² |" in page
+    assert "² Training budgets differ between these rows (20 steps: Short; 450 steps: Long)" in page
+
+
+def test_cli_without_a_leaderboards_directory_names_root(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "--check"]) == 2
+    assert "--root" in capsys.readouterr().err

@@ -123,3 +123,26 @@ def test_provenance_dirty_flag_ignores_the_leaderboards_own_outputs(monkeypatch,
     assert entries_mod.collect_provenance("cmd", None)["git_dirty"] is False
     (repo / "src/code.py").write_text("x = 2\n")
     assert entries_mod.collect_provenance("cmd", None)["git_dirty"] is True
+
+
+SEED_CASES = [
+    ("bad seed kind", {"seed_kind": "bootstrap"}, r"\$\.seed_kind: must be one of"),
+    (
+        "training seeds differ",
+        {"seed_kind": "training", "training_seeds": [0, 7]},
+        r"\$\.training_seeds: .* must equal",
+    ),
+    ("sampling of two runs", {"seed_kind": "sampling", "training_seeds": [0, 1]}, r"seed_kind sampling evaluates ONE"),
+    ("kind missing", {"training_seeds": [0, 1]}, r"\$\.training_seeds: needs \$\.seed_kind"),
+    ("negative steps", {"train_steps": -1}, r"\$\.train_steps: must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("name", "fields", "message"), SEED_CASES, ids=[c[0] for c in SEED_CASES])
+def test_seed_kind_training_seeds_and_steps_are_checked(board: Path, name: str, fields: dict, message: str) -> None:
+    entry = _entry(board)  # seeds [0, 1]
+    valid = {**entry, "seed_kind": "training", "training_seeds": [1, 0], "train_steps": 100}
+    validate_entry(valid, "ok")
+    validate_entry({**entry, "seed_kind": "sampling", "training_seeds": [3]}, "ok")
+    with pytest.raises(EntryError, match=message):
+        validate_entry({**entry, **fields}, "x.json")
