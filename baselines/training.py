@@ -28,6 +28,7 @@ import torch
 from baselines.algorithm import Algorithm, load_algorithm, train_step
 from baselines.config import RESUMABLE_FIELDS, RunConfig
 from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.loading import resolve_model
 from baselines.lm.policies import Policies
 from baselines.rollout import evaluate
 
@@ -47,7 +48,8 @@ def task_for_step(task_ids: list[str], seed: int, step: int) -> str:
 
 def build_policies(cfg: RunConfig, agents: list[str], need_reference: bool = False) -> Policies:
     models = list(cfg.agent_models) if cfg.agent_models else cfg.model
-    embedded = models is None or models == str(EMBEDDED_DIR)
+    names = models if isinstance(models, list) else [models]
+    embedded = all(resolve_model(name) == str(EMBEDDED_DIR) for name in names)
     finetune = ("full" if embedded else "lora") if cfg.finetune == "auto" else cfg.finetune
     torch.manual_seed(cfg.seed)  # LoRA initialisation
     return Policies(

@@ -1,8 +1,71 @@
-"""Loading Hugging Face tokenizers and the token ids that end a response."""
+"""Finding a model by name (built-in names, local paths, Hugging Face Hub ids), loading tokenizers, and the
+token ids that end a response.
+
+:func:`resolve_model` fails fast, with the reason and the built-in names: a local path that does not exist,
+a Hub id while the Hub is offline and the model is not cached, or a Hub that cannot be reached (instead of
+transformers' retries, which take tens of seconds, and its "Repo id must be in the form ..." for paths).
+"""
 
 from __future__ import annotations
 
-__all__ = ["eos_ids_of", "load_tokenizer"]
+import re
+from pathlib import Path
+
+from baselines.lm.embedded import EMBEDDED_DIR
+
+__all__ = ["BUILTIN_MODELS", "ModelSourceError", "eos_ids_of", "load_tokenizer", "resolve_model"]
+
+BUILTIN_MODELS: dict[str, Path] = {"embedded": EMBEDDED_DIR}
+"""Model names that need no download: name -> local directory."""
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelSourceError(ValueError):
+    """A model name that names nothing loadable; the message says why and lists the built-in names."""
+
+
+def _builtin_hint() -> str:
+    return f"built-in models: {', '.join(BUILTIN_MODELS)}"
+
+
+def resolve_model(name: str | None) -> str:
+    """The local directory or Hub id to load for ``name`` (None = the embedded model)."""
+    if name is None or name in BUILTIN_MODELS:
+        return str(BUILTIN_MODELS[name or "embedded"])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1 or not _REPO_ID.match(name):
+        raise ModelSourceError(f"model {name!r}: the local path does not exist ({_builtin_hint()})")
+    _check_hub(name)
+    return name
+
+
+def _check_hub(repo_id: str) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # cached: loads offline too
+    if constants.HF_HUB_OFFLINE:
+        raise ModelSourceError(
+            f"model {repo_id!r}: not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE=1); "
+            f"download it with internet first, or give a local path ({_builtin_hint()})"
+        )
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise ModelSourceError(
+            f"model {repo_id!r}: no such model on the Hugging Face Hub ({_builtin_hint()})"
+        ) from None
+    except Exception as exc:  # any transport failure: say so at once instead of retrying
+        raise ModelSourceError(
+            f"model {repo_id!r}: the Hugging Face Hub is unreachable ({type(exc).__name__}: {exc}); "
+            f"give a local path ({_builtin_hint()})"
+        ) from exc
 
 
 def load_tokenizer(name_or_path: str):

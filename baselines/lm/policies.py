@@ -27,9 +27,8 @@ from typing import Literal
 import torch
 
 from baselines.lm.completions import Completions, PromptState, SamplingConfig
-from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.fastdecode import StackedDecoder
-from baselines.lm.loading import eos_ids_of, load_tokenizer
+from baselines.lm.loading import eos_ids_of, load_tokenizer, resolve_model
 from baselines.lm.sampling import sample
 from baselines.lm.scoring import score
 from baselines.objectives import completion_mask
@@ -68,8 +67,8 @@ class Policies:
         from transformers import AutoModelForCausalLM
 
         self.agents = list(agents)
-        names = [str(EMBEDDED_DIR)] * len(self.agents) if models is None else models
-        names = [names] * len(self.agents) if isinstance(names, str) else list(names)
+        names = [models] * len(self.agents) if models is None or isinstance(models, str) else list(models)
+        names = [resolve_model(name) for name in names]
         if len(names) != len(self.agents):
             raise ValueError(f"models: got {len(names)} names for {len(self.agents)} agents {self.agents}")
         self.finetune, self.chat_template, self.device = finetune, chat_template, device

@@ -144,7 +144,7 @@ def _prefill_kv(module, ids, attn, adapter: str | None, unpadded: bool) -> tuple
     if unpadded:
         return prompt_pass(module, ids, adapter)
     out = prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
-    return (out.logits, *flat_kv(out.past_key_values))
+    return (out.logits, *flat_kv(out.cache))
 
 
 def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
@@ -158,7 +158,7 @@ def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
     attn = torch.cat([torch.nn.functional.pad(a, (width - a.shape[1], 0)) for _, a in encoded])
     names = [n for n, (i, _) in zip(adapters, encoded, strict=True) for _ in range(len(i))]
     out = prefill(module, ids, attn, names if names[0] is not None else None)
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(repeats)
     for layer in getattr(cache, "layers", []):
         ReservedLayer.reserve(layer, budget)
@@ -168,9 +168,7 @@ def _module_decoding(modules, adapters, encoded, repeats, budget, pad_id):
 
     def step(tok: torch.Tensor, pos: torch.Tensor, t: int) -> torch.Tensor:
         mask = full_attn[:, : width + t + 1]
-        out = module(
-            input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kw
-        )
+        out = module(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True, **kw)
         return out.logits[:, -1]
 
     return out.logits[:, -1].repeat_interleave(repeats, dim=0), step

@@ -51,7 +51,7 @@ def _prompt_forward(module, ids: torch.Tensor, adapter: str | None, reuse: tuple
             return prompt_pass(module, ids, adapter)
         # PEFT's per-row `adapter_names` hooks stay behind when checkpointing stops a recomputation early
         out = prefill(module, ids, torch.ones_like(ids), None)
-        return (out.logits, *flat_kv(out.past_key_values))
+        return (out.logits, *flat_kv(out.cache))
 
     layer_types = getattr(_base_of(module).config, "layer_types", None) or []
     if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
@@ -59,7 +59,7 @@ def _prompt_forward(module, ids: torch.Tensor, adapter: str | None, reuse: tuple
             logits, *kv = run(ids)
         else:
             out = prefill(module, ids, torch.ones_like(ids), None)
-            return out.logits, out.past_key_values
+            return out.logits, out.cache
     elif reuse is not None:
         state, params = reuse
         logits, *kv = ReusedForward.apply(run, ids, [state.logits, *state.kv], *params)
@@ -78,9 +78,7 @@ def score(module, c: Completions, reuse: tuple | None = None, adapter: str | Non
         cache.batch_repeat_interleave(B)
         attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
         pos = torch.arange(P, P + T, device=attn.device).expand(B, T)
-        rest = module(
-            input_ids=c.sequences[:, P:], attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=False
-        )
+        rest = module(input_ids=c.sequences[:, P:], attention_mask=attn, position_ids=pos, cache=cache, use_cache=False)
         logits = torch.cat([prompt_logits[:, -1:].expand(B, 1, -1), rest.logits[:, :-1]], dim=1)  # (B, T, V)
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(-1, c.sequences[:, P:, None]).squeeze(-1)

@@ -20,7 +20,7 @@ def _module_logits(module, ids, attn, tokens, adapter=None):
     kw = {} if names is None else {"adapter_names": names}
     with torch.no_grad():
         out = prefill(module, ids, attn, names)
-        cache, pos, full = out.past_key_values, positions(attn)[:, -1:] + 1, attn
+        cache, pos, full = out.cache, positions(attn)[:, -1:] + 1, attn
         logits = [out.logits[:, -1]]
         for tok in tokens[:-1]:
             full = torch.cat([full, torch.ones_like(full[:, :1])], dim=1)
@@ -28,7 +28,7 @@ def _module_logits(module, ids, attn, tokens, adapter=None):
                 input_ids=tok[:, None],
                 attention_mask=full,
                 position_ids=pos,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 **kw,
             )
@@ -42,7 +42,7 @@ def _stacked_logits(modules, adapters, encoded, tokens):
         caches, first = [], []
         for module, adapter, (ids, attn) in zip(modules, adapters, encoded, strict=True):
             out = prefill(module, ids, attn, None if adapter is None else [adapter] * len(ids))
-            caches.append([t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
+            caches.append([t for layer in out.cache.layers for t in (layer.keys, layer.values)])
             first.append(out.logits[:, -1])
         decoder = StackedDecoder(modules, adapters, caches, [a for _, a in encoded], 1, extra=tokens[0].shape[0])
         pos = torch.cat([a.sum(dim=1, keepdim=True) for _, a in encoded])
@@ -108,7 +108,7 @@ def test_prompt_pass_equals_the_module_forward(finetune):
         ref = prefill(m.module, ids, torch.ones_like(ids), None if m.adapter is None else [m.adapter] * 2)
         logits, *kv = prompt_pass(m.module, ids, m.adapter)
     assert torch.allclose(logits, ref.logits, atol=1e-5)
-    module_kv = [t for layer in ref.past_key_values.layers for t in (layer.keys, layer.values)]
+    module_kv = [t for layer in ref.cache.layers for t in (layer.keys, layer.values)]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(kv, module_kv, strict=True))
 
 

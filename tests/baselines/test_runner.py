@@ -196,3 +196,24 @@ class Plain(MAGRPO):
     def __init__(self, cfg=None) -> None:
         super().__init__(None)
         self.cfg = MAGRPOConfig()
+
+
+def test_a_missing_model_path_or_an_offline_hub_id_fails_at_once_and_names_the_builtins(monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    from baselines.lm.loading import ModelSourceError, resolve_model
+
+    with pytest.raises(ModelSourceError, match=r"'./missing': the local path does not exist .*embedded"):
+        resolve_model("./missing")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(HfApi, "model_info", lambda *a, **k: pytest.fail("offline: the Hub must not be asked"))
+    with pytest.raises(ModelSourceError, match=r"Hub is offline .*built-in models: embedded"):
+        resolve_model("Qwen/Not-A-Real-Model-0B")
+    assert resolve_model("embedded") == resolve_model(None)
+
+
+def test_cli_says_when_a_model_does_not_exist(tmp_path):
+    from baselines.cli import main
+
+    with pytest.raises(SystemExit, match="local path does not exist"):
+        main(["train", "--model", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "x"), "--no-progress"])
