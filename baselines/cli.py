@@ -88,8 +88,6 @@ def parse_train_args(argv: list[str]) -> tuple[TrainOptions, Any, Any]:
 
 
 def train_main(argv: list[str]) -> dict:
-    _require("tyro", "train")
-    _require("torch", "train")
     from baselines.algorithm import resolve_algorithm
     from baselines.training import RunDirError, TrainingInterrupted, train
 
@@ -142,6 +140,7 @@ def _launch(algo: str, steps: int, seed: int, out: Path, env: str) -> subprocess
         str(seed),
         "--output-dir",
         str(out),
+        "--overwrite",
         "--no-progress",
     ]
     log = open(out.with_suffix(".log"), "w")  # noqa: SIM115 (stays open for the child process)
@@ -149,19 +148,33 @@ def _launch(algo: str, steps: int, seed: int, out: Path, env: str) -> subprocess
 
 
 def _run_all(jobs: list[tuple[str, int, Path]], steps: int, env: str, parallel: int) -> None:
+    """Run the trainings as subprocesses, ``parallel`` at a time, with one progress bar each (steps done, read
+    from each run's metrics.jsonl)."""
+    from tqdm import tqdm
+
     pending = list(jobs)
-    running: list[tuple[subprocess.Popen[bytes], Path]] = []
+    running: list[tuple[subprocess.Popen[bytes], Path, Any]] = []
+    position = 0
     while pending or running:
         while pending and len(running) < parallel:
             algo, seed, out = pending.pop(0)
             out.parent.mkdir(parents=True, exist_ok=True)
-            running.append((_launch(algo, steps, seed, out, env), out))
+            bar = tqdm(total=steps, desc=f"{algo} seed {seed}", position=position, dynamic_ncols=True, leave=True)
+            running.append((_launch(algo, steps, seed, out, env), out, bar))
+            position += 1
         time.sleep(2)
-        for proc, out in list(running):
+        for proc, out, bar in list(running):
+            bar.update(_steps_done(out) - bar.n)
             if proc.poll() is not None:
-                running.remove((proc, out))
+                running.remove((proc, out, bar))
+                bar.close()
                 if proc.returncode != 0:
                     raise SystemExit(f"training in {out} failed (rc {proc.returncode}); see {out.with_suffix('.log')}")
+
+
+def _steps_done(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.endswith("}")) if path.exists() else 0
 
 
 def demo_main(argv: list[str]) -> None:
@@ -175,7 +188,7 @@ def demo_main(argv: list[str]) -> None:
     )
     _run_all([(a, args.seed, p) for a, p in runs.items()], args.steps, args.env, 2 if args.parallel else 1)
     summaries = {a: json.loads((p / "summary.json").read_text()) for a, p in runs.items()}
-    print(f"\nheld-out joint return on {args.env} (max 3.0), seed {args.seed}, {time.time() - t0:.0f} s")
+    print(f"\nheld-out joint return on {args.env} (max 3.0), seed {args.seed}; took {time.time() - t0:.0f} s")
     print(f"{'algorithm':<14}{'before':>8}{'after':>8}{'gain':>8}")
     for algo, s in summaries.items():
         print(f"{algo:<14}{s['eval_before']:>8.2f}{s['eval_after']:>8.2f}{s['eval_after'] - s['eval_before']:>+8.2f}")
@@ -211,8 +224,10 @@ def seeds_main(argv: list[str]) -> None:
 
     args = tyro.cli(SeedsArgs, args=argv)
     jobs = [(args.algo, s, args.output_dir / f"{args.algo}-seed{s}") for s in args.seeds]
+    t0 = time.time()
     _run_all(jobs, args.steps, args.env, args.parallel)
     rows = []
+    print(f"\n{len(jobs)} runs of {args.algo} on {args.env}, {args.steps} steps each; took {time.time() - t0:.0f} s")
     print(f"{'seed':>5}{'before':>8}{'after':>8}{'gain':>8}")
     for _, s, out in jobs:
         summary = json.loads((out / "summary.json").read_text())
@@ -271,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in commands:
         print(USAGE)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    if argv[0] in ("train", "demo", "seeds", "eval"):
+        for module in ("torch", "transformers", "peft", "tyro", "tqdm"):
+            _require(module, "train")
     commands[argv[0]](argv[1:])
 
 

@@ -217,3 +217,20 @@ def test_cli_says_when_a_model_does_not_exist(tmp_path):
 
     with pytest.raises(SystemExit, match="local path does not exist"):
         main(["train", "--model", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_training_commands_without_the_train_extra_say_what_to_install(monkeypatch):
+    import importlib
+
+    import baselines.cli as cli
+
+    real = importlib.import_module
+
+    def without_tyro(name, *args):
+        if name == "tyro":
+            raise ImportError("No module named 'tyro'")
+        return real(name, *args)
+
+    monkeypatch.setattr(cli.importlib, "import_module", without_tyro)
+    with pytest.raises(SystemExit, match=r"needs the 'train' extra \(tyro is missing\).*llm-coop-envs\[train\]"):
+        cli.main(["train", "--steps", "1"])
