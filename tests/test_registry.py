@@ -60,5 +60,7 @@ def test_spec_is_frozen_and_json_round_trips() -> None:
         EnvSpec("x-v0", "a:b", kwargs={"fn": lambda: 0})
 
 
-def test_version_is_exposed() -> None:
-    assert llm_coop_envs.__version__
+def test_version_is_the_installed_distributions() -> None:
+    from importlib import metadata
+
+    assert llm_coop_envs.__version__ == metadata.version("llm-coop-envs")

@@ -24,9 +24,19 @@ def env():
     return make("coop_writing-v0")
 
 
-def test_possible_agents_in_paper_order() -> None:
-    assert make("coop_writing-v0").possible_agents == ["summary", "elaboration"]
-    assert make("coop_abstract_expansion-v0").possible_agents == ["background", "method"]
+@pytest.mark.parametrize(
+    ("env_id", "short", "long"),
+    [("coop_writing-v0", 20, 48), ("coop_abstract_expansion-v0", 150, 172)],
+)
+def test_agents_are_in_paper_order_the_reward_reads_agent_1_as_the_first_part(env_id, short, long) -> None:
+    """Agent 1 writes the first (shorter) part: the length-ratio level pays for long/short, not short/long."""
+    env = make(env_id)
+    task = env.tasks.split_tasks("test")[0]
+    first, second = env.possible_agents
+    texts = {"short": " ".join(f"w{i}" for i in range(short)), "long": " ".join(f"v{i}" for i in range(long))}
+    ordered = env.score(task, {first: texts["short"], second: texts["long"]}).breakdown["level2"]
+    swapped = env.score(task, {first: texts["long"], second: texts["short"]}).breakdown["level2"]
+    assert ordered > swapped
 
 
 def test_reset_options_select_tasks(env) -> None:
