@@ -120,10 +120,8 @@ def test_models_that_cannot_stack_decode_through_the_module(monkeypatch):
     calls = []
     original = pol_mod.sample
     monkeypatch.setattr(pol_mod, "sample", lambda *a, **k: calls.append(1) or original(*a, **k))
-    out = policies.generate({"first": ["Hello."], "second": ["A longer prompt here."]}, SamplingConfig(8), repeats=2)
+    policies.generate({"first": ["Hello."], "second": ["A longer prompt here."]}, SamplingConfig(8), repeats=2)
     assert len(calls) == 2, "separate full models: one module loop each"
-    for agent, c in out.items():
-        assert torch.allclose(policies.token_logprobs(agent, c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
 
 
 def test_a_lora_base_too_large_to_stack_decodes_through_the_module_in_one_loop(monkeypatch):
@@ -139,9 +137,8 @@ def test_a_lora_base_too_large_to_stack_decodes_through_the_module_in_one_loop(m
     monkeypatch.setattr(sampling_mod, "_module_decoding", lambda *a, **k: calls.append(1) or original(*a, **k))
     out = policies.generate({"first": ["Hello."], "second": ["A longer prompt here."]}, SamplingConfig(8), repeats=2)
     assert len(calls) == 1, "agents sharing one LoRA base: one module loop, an adapter per row"
-    for agent, c in out.items():
+    for c in out.values():
         assert c.prompt_mask.all(), "each agent's rows keep only their own prompt width"
-        assert torch.allclose(policies.token_logprobs(agent, c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
 
 
 def test_stacked_generation_is_one_loop_for_two_full_models(monkeypatch):
@@ -153,9 +150,8 @@ def test_stacked_generation_is_one_loop_for_two_full_models(monkeypatch):
     torch.manual_seed(0)
     out = policies.generate(prompts, SamplingConfig(10), repeats=2)
     assert len(calls) == 1
-    for agent, c in out.items():
+    for c in out.values():
         assert c.sequences.shape[0] == 4 and len(c.texts) == 4
-        assert torch.allclose(policies.token_logprobs(agent, c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=0.5, top_k=3)])
@@ -228,3 +224,41 @@ def test_decoder_refuses_what_it_cannot_serve():
     assert not StackedDecoder.can_stack([module, other]), "q/k/v biases must match to be stacked"
     module.train()
     assert not StackedDecoder.supports(module), "training mode (dropout)"
+
+
+PAD_PROMPT = "A longer prompt <|endoftext|> that contains the pad id in its middle."
+LAYOUTS = {  # name: (finetune, stack limit or None, prompts)
+    "full-stacked": ("full", None, {"first": ["Hello.", "Second prompt, longer."], "second": ["Short.", "Another."]}),
+    "lora-stacked": ("lora", None, {"first": ["Hello."], "second": ["A longer prompt here."]}),
+    "full-module": ("full", 1000, {"first": ["Hello."], "second": ["A longer prompt here."]}),
+    "lora-module": ("lora", 1000, {"first": ["Hello."], "second": ["A longer prompt here."]}),
+    "lora-pad-id-shared": ("lora", None, {"first": [PAD_PROMPT], "second": ["Short."]}),
+    "lora-pad-id-padded": ("lora", None, {"first": [PAD_PROMPT, "Short."], "second": ["Short."]}),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_sampled_logprobs_equal_scored_logprobs(layout, monkeypatch):
+    """Training scores exactly what was sampled, on every decoding path: the stacked loop (full, LoRA), the
+    module loop (models too large to stack), left padding, a prompt containing the pad/EOS id, and the
+    shared-prompt fast path of scoring (which must equal the plain full forward)."""
+    finetune, limit, prompts = LAYOUTS[layout]
+    if limit is not None:
+        monkeypatch.setattr(fastdecode, "STACK_BYTES_LIMIT", limit)
+    torch.manual_seed(0)
+    policies = Policies(["first", "second"], None, finetune, lora_r=4)
+    with torch.no_grad():
+        for member in policies.members.values():
+            for n, p in member.module.named_parameters():
+                if "lora_B" in n or finetune == "full":
+                    p.add_(torch.randn_like(p) * 0.02)  # every agent's weights (adapter) distinct and non-zero
+    out = policies.generate(prompts, SamplingConfig(12), repeats=3)
+    if "pad-id" in layout:  # the pad/EOS id really is a prompt token, not padding
+        c, pad = out["first"], policies.members["first"].tokenizer.pad_token_id
+        assert bool((c.sequences[:, : c.prompt_width][c.prompt_mask.bool()] == pad).any())
+    for agent, c in out.items():
+        scored = policies.token_logprobs(agent, c)  # (B, T)
+        assert torch.allclose(scored[c.mask], c.sample_logprobs[c.mask], atol=1e-4), agent
+        if c.shared_prompt:
+            plain = Completions(c.sequences, c.prompt_mask, c.mask, c.texts, None, False)
+            assert torch.allclose(policies.token_logprobs(agent, plain)[c.mask], scored[c.mask], atol=1e-4)

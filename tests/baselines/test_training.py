@@ -78,31 +78,6 @@ def test_lora_agents_have_disjoint_adapters_on_one_base():
     assert a and b and not a & b
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_sampled_tokens_are_scored_exactly_even_with_pad_id_in_prompt(shared):
-    """Training log-probs equal the sampling distribution's log-probs: left padding, a different adapter
-    per row, a prompt containing the pad/EOS id, and the shared-prompt fast path."""
-    torch.manual_seed(0)
-    policies = Policies(["first", "second"], None, "lora", lora_r=4)
-    m = policies.members["first"]
-    with torch.no_grad():
-        for n, p in m.module.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    first = ["A longer prompt <|endoftext|> that contains the pad id in its middle."]
-    prompts = {"first": first if shared else [*first, "Short."], "second": ["Short."]}
-    out = policies.generate(prompts, SamplingConfig(max_new_tokens=12), repeats=3)
-    ids = out["first"].sequences[0, : out["first"].prompt_width]
-    assert (ids == m.tokenizer.pad_token_id).sum() >= 1 and out["first"].prompt_mask[0].all()
-    assert out["first"].shared_prompt is shared
-    for agent, c in out.items():
-        ours = policies.token_logprobs(agent, c)  # (B, T)
-        assert torch.allclose(ours[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
-        if shared:  # the fast path equals the plain full forward
-            plain = Completions(c.sequences, c.prompt_mask, c.mask, c.texts, None, False)
-            assert torch.allclose(policies.token_logprobs(agent, plain)[c.mask], ours[c.mask], atol=1e-4)
-
-
 def test_generate_one_call_for_shared_base_and_texts_stop_at_eos(monkeypatch):
     import baselines.lm.policies as pol_mod
 
@@ -164,7 +139,6 @@ def test_full_finetune_with_a_different_model_per_agent(tmp_path):
         alone = Policies(["x"], str(path), "full")
         theirs = masked_sum(alone.token_logprobs("x", plain), c.mask)
         assert torch.allclose(ours, theirs, atol=1e-4) is same, f"agent 'second' must be scored by {path.name} only"
-    assert torch.allclose(policies.token_logprobs("second", c)[c.mask], c.sample_logprobs[c.mask], atol=1e-4)
 
 
 def test_kl_to_reference_is_zero_at_start():
