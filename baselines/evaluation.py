@@ -1,35 +1,59 @@
-"""`llm-coop eval`: evaluate any policy on an env split and write a transcript and a leaderboard entry.
+"""`llm-coop eval`: evaluate a trained run or an untrained protocol on an env split; write a transcript and a
+leaderboard entry.
 
-    llm-coop eval --env coop_coding-v0 --policy runs/c0 --seeds 0 1 2 3 4          # a trained run directory
-    llm-coop eval --env coop_writing-v0 --policy 'runs/w/magrpo-seed{seed}' --seeds 0 1 2 3 4   # one run per seed
+    llm-coop eval --policy runs/c0 --seeds 0 1 2 3 4                  # one run, five SAMPLING seeds
+    llm-coop eval --policy 'runs/w/magrpo-seed{seed}' --seeds 0 1 2 3 4   # five runs: five TRAINING seeds
+    llm-coop eval --policy runs/c0 --heldout       # the run's own final held-out evaluation, exactly
     llm-coop eval --env coop_writing-v0 --baseline sequential --model Qwen/Qwen3-1.7B
-    llm-coop eval --env coop_writing-v0 --baseline single                          # embedded default model
+    llm-coop eval --env coop_writing-v0 --baseline single                    # embedded default model
 
 What is evaluated (``--policy`` or ``--baseline``):
 
-* ``--policy DIR``: a directory written by ``llm-coop train``: ``final/<agent>/`` holds a full model (full
-  fine-tuning) or a PEFT adapter (LoRA; its base is read from ``adapter_config.json``). ``{seed}`` in DIR is
-  replaced by each evaluated seed, so five training seeds are five runs. A run trained on ``single:<env>``
-  (single-agent GRPO) is evaluated with the ``single`` protocol, every other run with ``parallel``.
+* ``--policy RUN``: a directory written by ``llm-coop train``. Everything is rebuilt from its
+  ``config.json`` (:mod:`baselines.heldout`): the env id and every kwarg training passed to it
+  (``max_turns``, ``dataset``), the held-out split (``test``), each agent's own weights (``final/<agent>/``:
+  a full model, or a LoRA adapter on that agent's own base from ``agent_models``/``model``), the chat
+  template and the decoding (``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``). A run without
+  ``config.json`` is refused. Flags left out take the run's values; a flag that contradicts the run
+  (``--env``, ``--split``, ``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p``) is an error
+  that names both values. A run trained on ``single:<env>`` (single-agent GRPO) answers the single-agent
+  view of ``<env>``; the entry is filed under ``<env>``. The method's name, family and description come from
+  the algorithm class (``baselines.algorithm.algorithm_card``).
 * ``--baseline P --model M``: the untrained model M (HF name or local path; default: the embedded model) in
   protocol P of :mod:`baselines.untrained` (``single``, ``parallel``, ``sequential``, ``discussion``). All
-  roles use the same weights (one loaded copy).
+  roles use the same weights (one loaded copy). Defaults: split ``test``, 96 new tokens per agent (``single``:
+  twice that), temperature 1, no top-k/top-p filter.
 
-For each seed (sampling seed = the seed; for ``{seed}`` runs also the run's training seed) every task of the
-split is answered ``--samples`` times. Generation is batched: one ``generate`` call per agent per round for
-all tasks x samples of a seed (``--batch-tasks`` splits that), each call timed on its own. Scoring uses the
-env's batch scorer (``env.score_many``, one sandbox batch on coding) when it has one.
+Seeds. ``{seed}`` in RUN is replaced by each seed: one run per seed, each trained with that seed (checked
+against its config.json) and sampled with it: the entry's ``seed_kind`` is ``training``. Without ``{seed}``
+one run is sampled under each seed of ``--seeds``: ``seed_kind`` ``sampling`` (untrained baselines too).
 
-Per record (one episode) the transcript stores every round's texts as a turn with the env's joint and
-individual rewards and full breakdown (coding: test counts and outcomes), and ``timing``:
-``response_time_s`` = the wall time from prompts to the final joint answer of the batch holding the episode
-(agents of one round run in parallel, so a round costs its SLOWER agent's time; sequential rounds add up),
-``tokens_per_s`` = new tokens of the batch (all agents) / the summed generation seconds of its calls, and
-``new_tokens`` = the episode's own new tokens. Timings depend on the batch size and hardware (both recorded).
+How a trained run is evaluated: :func:`baselines.heldout.play_heldout`, the function the training runner's
+held-out evaluation (``eval.jsonl``) uses: per seed, one sampled episode per task x sample, all episodes
+batched per turn, multi-turn episodes continued with the env's observations; ``--batch-tasks`` splits a
+seed's tasks into batches (each batch then starts from the seed: other texts than one batch). ``--heldout``
+takes the run's own evaluation settings (seeds ``EVAL_SEED + k`` for ``k < eval_seeds``, the first
+``eval_tasks`` test tasks, one sample) and checks that ``eval/joint_mean`` equals the run's final row of
+``eval.jsonl`` (exit 1 when it does not). Baselines run their protocol's rounds with one ``generate`` call
+per agent per round for all tasks x samples of a seed.
+
+Per record (one episode) the transcript stores every turn's texts with the env's joint and individual
+rewards and full breakdown (coding: test counts and outcomes), and ``timing``: ``response_time_s`` = the
+wall time from prompts to the final joint answers of the batch holding the episode (agents of one round run
+in parallel, so a round costs its SLOWER agent's time; sequential rounds add up), ``tokens_per_s`` = new
+tokens of the batch (all agents) / the summed seconds of its generate calls, and ``new_tokens`` = the
+episode's own new tokens. Timings depend on the batch size and hardware (both recorded).
 
 Metrics (``llm_coop_leaderboard.scoring.aggregate``): joint return and the paper's normalised components
 from the final turn's breakdown, the unbiased pass@k of ``--pass-k`` (coding; k <= samples), timings.
-The entry goes to ``leaderboards/entries/<entry_id>.json`` with the exact command in its provenance.
+
+Where it goes: ``--root`` (default: ``leaderboards/`` in the current directory; outside a checkout pass
+``--root``). The entry is ``<root>/entries/<entry_id>.json`` and its transcript
+``<root>/transcripts/<entry_id>.jsonl.gz`` (only part of a split, ``--tasks N``: a transcript under
+``<root>/partial/`` and no entry); both paths are printed. The default id is
+``method--model--env--split[--<steps>steps]--<hash>``, the hash (8 hex digits) covering the decoding, env
+kwargs, seeds and their kind, samples and protocol, so different configurations never share an id. An
+existing entry or transcript is never replaced without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -49,12 +73,22 @@ from typing import Any
 
 import torch
 
+from baselines.heldout import (
+    HELDOUT_SPLIT,
+    HeldoutRun,
+    RunError,
+    RunRecord,
+    eval_seeds,
+    heldout_row,
+    load_run_policies,
+    play_heldout,
+    read_run,
+)
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import Policies, SamplingConfig
 from baselines.untrained import (
     PROTOCOLS,
     SINGLE_AGENT,
-    SINGLE_PREFIX,
     discussion_prompt,
     sequential_prompt,
     single_prompt,
@@ -62,67 +96,277 @@ from baselines.untrained import (
 )
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
+from llm_coop_envs.wrappers import SingleAgentEnv
 from llm_coop_leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
-from llm_coop_leaderboard.schema import leaderboard_root
+from llm_coop_leaderboard.schema import EntryError, leaderboard_root, method_families
 from llm_coop_leaderboard.scoring import aggregate
 from llm_coop_leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord, write_transcript
 
-__all__ = ["EvalConfig", "EvalResult", "PolicySource", "evaluate", "load_source", "main", "run_protocol"]
+__all__ = [
+    "EvalConfig",
+    "EvalError",
+    "EvalResult",
+    "Plan",
+    "PolicySource",
+    "entry_env_kwargs",
+    "entry_id_for",
+    "evaluate",
+    "evaluate_runs",
+    "load_source",
+    "main",
+    "method_record",
+    "plan_evaluation",
+    "run_protocol",
+]
 
-_FAMILY = {"magrpo": "joint-reward", "independent": "independent-reward"}
-_ALGO_NAME = {"magrpo": "MAGRPO", "independent": "Independent GRPO"}
+BASELINE_DEFAULTS: dict[str, Any] = {
+    "split": "test",
+    "seeds": (0,),
+    "max_new_tokens": 96,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+}
+"""What ``--baseline`` uses for a flag left out (``--policy`` takes the run's values instead)."""
+_RUN_ONLY_FIELDS = ("seed", "output_dir", "resume", "overwrite")
+"""config.json fields that differ between the runs of one ``{seed}`` template."""
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked; the message names the flag, field or file."""
 
 
 @dataclass
 class EvalConfig:
-    """What to evaluate and how (every field is a flag of `llm-coop eval`)."""
+    """What to evaluate and how (every field is a flag of `llm-coop eval`; None = not given)."""
 
-    env: str
+    env: str | None = None
     policy: str | None = None
     baseline: str | None = None
     model: str | None = None
-    split: str = "test"
-    seeds: tuple[int, ...] = (0,)
+    split: str | None = None
+    seeds: tuple[int, ...] | None = None
     samples: int = 1
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    tasks: int = 0
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    tasks: int | None = None
     batch_tasks: int = 0
     pass_k: tuple[int, ...] = (1,)
+    heldout: bool = False
     entry_id: str | None = None
     method_name: str | None = None
     root: Path | None = None
+    overwrite: bool = False
     device: str = "cpu"
     threads: int = 1
     progress: bool = True
     command: str = ""
 
     def validate(self) -> None:
+        """Raise :class:`EvalError` naming the first bad flag (checks that need no run directory)."""
         if (self.policy is None) == (self.baseline is None):
-            raise ValueError("give exactly one of --policy (a trained run) and --baseline (an untrained protocol)")
-        if self.baseline is not None and self.baseline not in PROTOCOLS:
-            raise ValueError(f"--baseline must be one of {', '.join(PROTOCOLS)}, got {self.baseline!r}")
+            raise EvalError("give exactly one of --policy (a trained run) and --baseline (an untrained protocol)")
+        if self.baseline is not None:
+            if self.baseline not in PROTOCOLS:
+                raise EvalError(f"--baseline must be one of {', '.join(PROTOCOLS)}, got {self.baseline!r}")
+            if self.env is None:
+                raise EvalError("--baseline needs --env (a --policy run names its own env)")
+            if self.heldout:
+                raise EvalError("--heldout reproduces a trained run's evaluation; it needs --policy")
         if self.policy is not None and self.model is not None:
-            raise ValueError("--model is for --baseline; a --policy run directory names its own models")
-        for name in ("samples", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-        if not self.seeds:
-            raise ValueError("--seeds needs at least one seed")
+            raise EvalError("--model is for --baseline; a --policy run directory names its own models")
+        if self.samples < 1:
+            raise EvalError("--samples must be >= 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise EvalError("--max-new-tokens must be >= 1")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) < len(self.seeds)):
+            raise EvalError(f"--seeds needs at least one seed, each once; got {list(self.seeds)}")
+        if self.heldout:
+            self._validate_heldout()
+
+    def _validate_heldout(self) -> None:
+        assert self.policy is not None
+        if "{seed}" in self.policy:
+            raise EvalError("--heldout reproduces one run: give its directory, without '{seed}'")
+        for flag, given in (("--seeds", self.seeds is not None), ("--samples", self.samples != 1)):
+            if given:
+                raise EvalError(f"--heldout uses the run's own evaluation seeds and one sample: leave out {flag}")
+        if self.batch_tasks:
+            raise EvalError("--heldout batches every task as training did: leave out --batch-tasks")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An evaluation with every setting resolved (from the run's config.json, the flags, or the defaults)."""
+
+    env: str  # the entry's env id (the base env of a single-agent run)
+    env_kwargs: dict[str, Any]  # kwargs of the policy env as training passed them (baselines: none)
+    split: str
+    seeds: tuple[int, ...]
+    tasks: int  # first N tasks of the split, 0 = all
+    sampling: SamplingConfig  # per member (a single-agent baseline gets twice max_new_tokens)
+    chat_template: bool
+    protocol: str
+    seed_kind: str  # "training" (one run per seed) or "sampling" (one model, several sampling seeds)
+    runs: dict[int, RunRecord] = field(default_factory=dict)  # sampling seed -> run (--policy only)
+
+    @property
+    def run(self) -> RunRecord | None:
+        return next(iter(self.runs.values()), None)
+
+    @property
+    def training_seeds(self) -> list[int]:
+        return sorted({run.seed for run in self.runs.values()})
+
+
+# ----- resolving the settings ----------------------------------------------------------------------------------
+def plan_evaluation(cfg: EvalConfig) -> Plan:
+    """Every setting of the evaluation: a run's come from its config.json (flags may only repeat them), a
+    baseline's from the flags or :data:`BASELINE_DEFAULTS`. Raises :class:`EvalError` naming the flag."""
+    cfg.validate()
+    if cfg.baseline is not None:
+        return _baseline_plan(cfg)
+    try:
+        return _policy_plan(cfg)
+    except RunError as error:
+        raise EvalError(str(error)) from None
+
+
+def _baseline_plan(cfg: EvalConfig) -> Plan:
+    def pick(name: str) -> Any:
+        value = getattr(cfg, name)
+        return BASELINE_DEFAULTS[name] if value is None else value
+
+    budget = pick("max_new_tokens") * (2 if cfg.baseline == "single" else 1)  # single: both parts in one answer
+    sampling = SamplingConfig(budget, pick("temperature"), pick("top_k"), pick("top_p"))
+    assert cfg.env is not None and cfg.baseline is not None  # validate()
+    return Plan(
+        env=cfg.env,
+        env_kwargs={},
+        split=pick("split"),
+        seeds=tuple(pick("seeds")),
+        tasks=cfg.tasks or 0,
+        sampling=sampling,
+        chat_template=False,
+        protocol=cfg.baseline,
+        seed_kind="sampling",
+    )
+
+
+def _policy_runs(cfg: EvalConfig) -> tuple[dict[int, RunRecord], str]:
+    """Sampling seed -> run, and the seed kind (``training``: one run per seed via ``{seed}``)."""
+    assert cfg.policy is not None
+    if cfg.heldout:
+        run = read_run(Path(cfg.policy))
+        return {seed: run for seed in eval_seeds(int(run.field("eval_seeds")))}, "sampling"
+    seeds = cfg.seeds or BASELINE_DEFAULTS["seeds"]
+    if "{seed}" not in cfg.policy:
+        run = read_run(Path(cfg.policy))
+        return {seed: run for seed in seeds}, "sampling"
+    runs = {seed: read_run(Path(cfg.policy.replace("{seed}", str(seed)))) for seed in seeds}
+    first = next(iter(runs.values()))
+    for seed, run in runs.items():
+        if run.seed != seed:
+            raise EvalError(
+                f"{run.path}: trained with seed {run.seed}, but '{{seed}}' in --policy names it seed {seed}"
+            )
+        for key in sorted(set(first.config) | set(run.config)):
+            if key not in _RUN_ONLY_FIELDS and first.config.get(key) != run.config.get(key):
+                raise EvalError(
+                    f"{run.path} and {first.path} differ in config field {key!r} ({run.config.get(key)!r} vs "
+                    f"{first.config.get(key)!r}): the runs of one entry must share their configuration"
+                )
+    return runs, "training"
+
+
+def _check_flag(flag: str, given: Any, recorded: Any, run: RunRecord, also: Sequence[Any] = ()) -> None:
+    if given is None or given == recorded or given in also:
+        return
+    raise EvalError(
+        f"{flag} {given!r} contradicts the run: {run.path / 'config.json'} records {recorded!r}; leave {flag} "
+        "out to evaluate the run as it was trained"
+    )
+
+
+def _policy_plan(cfg: EvalConfig) -> Plan:
+    runs, kind = _policy_runs(cfg)
+    run = next(iter(runs.values()))
+    _check_flag("--env", cfg.env, run.base_env, run, also=[run.env_id])
+    _check_flag("--split", cfg.split, HELDOUT_SPLIT, run)
+    sampling = run.sampling
+    for name in ("max_new_tokens", "temperature", "top_k", "top_p"):
+        _check_flag(f"--{name.replace('_', '-')}", getattr(cfg, name), getattr(sampling, name), run)
+    tasks = cfg.tasks or 0
+    if cfg.heldout:
+        tasks = int(run.field("eval_tasks"))
+        _check_flag("--tasks", cfg.tasks, tasks, run)
+    return Plan(
+        env=run.base_env,
+        env_kwargs=run.env_kwargs,
+        split=HELDOUT_SPLIT,
+        seeds=tuple(runs),
+        tasks=tasks,
+        sampling=sampling,
+        chat_template=bool(run.field("chat_template")),
+        protocol="single" if run.single else "parallel",
+        seed_kind=kind,
+        runs=runs,
+    )
+
+
+def entry_env_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` without those the env already has by default, so that a run at the env's defaults is filed
+    under the registered spec (the table of the untrained baselines) and any other value under its own."""
+    if not kwargs:
+        return {}
+    default = make(env_id)
+    missing = object()
+    return {key: value for key, value in kwargs.items() if getattr(default, key, missing) != value}
+
+
+def _root(cfg: EvalConfig) -> Path:
+    if cfg.root is not None:
+        if not cfg.root.is_dir():
+            raise EvalError(f"--root {cfg.root}: no such directory")
+        return cfg.root.resolve()
+    try:
+        return leaderboard_root().resolve()
+    except EntryError as error:
+        raise EvalError(f"--root: {error}") from None
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    entry: Path | None  # None: only part of the split, no entry
+    transcript: Path
+
+
+def _output_paths(root: Path, entry_id: str, partial: bool, overwrite: bool) -> OutputPaths:
+    """Where the entry and transcript go; refuses to replace either without ``overwrite``."""
+    folder = "partial" if partial else "transcripts"
+    paths = OutputPaths(
+        None if partial else root / "entries" / f"{entry_id}.json", root / folder / f"{entry_id}.jsonl.gz"
+    )
+    for path in (paths.entry, paths.transcript):
+        if path is not None and path.exists() and not overwrite:
+            raise EvalError(
+                f"{path} already exists (entry id {entry_id!r}); pass --overwrite to replace it, or --entry-id "
+                "to file this evaluation under another id"
+            )
+    return paths
 
 
 # ----- policies ------------------------------------------------------------------------------------------------
 @dataclass
 class PolicySource:
-    """Loaded models for one seed: ``roles[agent]`` is the member of ``policies`` that answers as ``agent``."""
+    """Loaded models of a baseline: ``roles[agent]`` is the member of ``policies`` that answers as ``agent``."""
 
     policies: Policies
     roles: dict[str, str]
     protocol: str
     models: list[dict[str, Any]]
-    run_config: dict[str, Any] = field(default_factory=dict)
 
 
 def file_hash(path: Path) -> str | None:
@@ -147,63 +391,30 @@ def _display(path: str | Path) -> str:
         return text
 
 
-def _load_run(run: Path, agents: list[str], device: str) -> PolicySource:
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    final = run / "final"
-    if (final / SINGLE_AGENT).is_dir():
-        members, protocol = [SINGLE_AGENT], "single"
-    else:
-        members, protocol = agents, "parallel"
-    missing = [m for m in members if not (final / m).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{final}: no final model for {missing} (expected final/<agent>/ from llm-coop train)")
-    adapters = [(final / m / "adapter_config.json").exists() for m in members]
-    models: list[dict[str, Any]] = []
-    if any(adapters):
-        if not all(adapters):
-            raise ValueError(f"{final}: mixes LoRA adapters and full models")
-        base = json.loads((final / members[0] / "adapter_config.json").read_text())["base_model_name_or_path"]
-        lora = json.loads((final / members[0] / "adapter_config.json").read_text())
-        policies = Policies(members, base, "lora", lora["r"], lora["lora_alpha"], lora["target_modules"], device=device)
-        _load_adapters(policies, final, members)
-        for m in members:
-            models.append(
-                {
-                    "agent": m,
-                    "model": _display(base),
-                    "model_hash": None,
-                    "adapter": _display(final / m),
-                    "adapter_hash": file_hash(final / m),
-                }
-            )
-    else:
-        policies = Policies(members, [str(final / m) for m in members], "full", device=device)
-        models = [{"agent": m, "model": _display(final / m), "model_hash": file_hash(final / m)} for m in members]
-    return PolicySource(policies, {m: m for m in members}, protocol, models, config)
-
-
-def _load_adapters(policies: Policies, final: Path, members: list[str]) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    for m in members:
-        weights = load_file(str(final / m / "adapter_model.safetensors"))
-        set_peft_model_state_dict(policies.members[m].module, weights, adapter_name=m)
-
-
-def load_source(cfg: EvalConfig, agents: list[str], seed: int) -> PolicySource:
-    """The policies evaluated for ``seed`` (a run directory, or an untrained model in a baseline protocol)."""
-    if cfg.policy is not None:
-        run = Path(cfg.policy.replace("{seed}", str(seed)))
-        return _load_run(run, agents, cfg.device)
+def load_source(cfg: EvalConfig, plan: Plan, agents: list[str]) -> PolicySource:
+    """The untrained model of a baseline (one loaded copy answers every role)."""
     name = cfg.model or str(EMBEDDED_DIR)
     policies = Policies(["model"], name, "full", device=cfg.device)
     path = Path(name)
     model_hash = file_hash(path) if path.exists() else None
     roles = {agent: "model" for agent in agents} | {SINGLE_AGENT: "model"}
-    used = [SINGLE_AGENT] if cfg.baseline == "single" else agents
+    used = [SINGLE_AGENT] if plan.protocol == "single" else agents
     models = [{"agent": a, "model": _display(name), "model_hash": model_hash} for a in used]
-    return PolicySource(policies, roles, str(cfg.baseline), models)
+    return PolicySource(policies, roles, plan.protocol, models)
+
+
+def _run_models(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Entry model records of a loaded run: paths as displayed, SHA-256 of each full model or adapter."""
+    out = []
+    for model in models:
+        if "adapter" in model:
+            record = {"agent": model["agent"], "model": _display(model["model"]), "model_hash": None}
+            record |= {"adapter": _display(model["adapter"]), "adapter_hash": file_hash(Path(model["adapter"]))}
+        else:
+            record = {"agent": model["agent"], "model": _display(model["model"])}
+            record["model_hash"] = file_hash(Path(model["model"]))
+        out.append(record)
+    return out
 
 
 # ----- protocols -----------------------------------------------------------------------------------------------
@@ -310,13 +521,10 @@ def _batch_records(
 
 
 def evaluate_seed(
-    cfg: EvalConfig, env: CoopParallelEnv, source: PolicySource, tasks: Sequence[Task], seed: int, bar: Any
+    cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, source: PolicySource, tasks: Sequence[Task], seed: int, bar: Any
 ) -> list[TranscriptRecord]:
-    """Every task x sample of one seed, in batches of ``cfg.batch_tasks`` tasks (0 = all)."""
-    sampling = SamplingConfig(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
-    if source.protocol == "single":
-        sampling = SamplingConfig(2 * cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
-    generate = _generator(source, sampling, lambda: bar.update(1))
+    """A baseline on every task x sample of one seed, in batches of ``cfg.batch_tasks`` tasks (0 = all)."""
+    generate = _generator(source, plan.sampling, lambda: bar.update(1))
     torch.manual_seed(seed)
     size = cfg.batch_tasks or len(tasks)
     records: list[TranscriptRecord] = []
@@ -327,9 +535,89 @@ def evaluate_seed(
             obs, _ = env.reset(seed=seed * 100_003 + index, options={"task_id": task.task_id})
             for agent in env.possible_agents:
                 prompts[agent].append(obs[agent]["prompt"])
-        rounds = run_protocol(source.protocol, cfg.env, env, prompts, generate)
+        rounds = run_protocol(source.protocol, plan.env, env, prompts, generate)
         records.extend(_batch_records(env, episodes, seed, rounds))
     return records
+
+
+# ----- trained runs --------------------------------------------------------------------------------------------
+def _base_turns(env: SingleAgentEnv) -> tuple[TurnRecord, ...]:
+    """The turns of a single-agent episode as the two-agent env scored them (split actions, every reward)."""
+    return tuple(
+        TurnRecord(
+            actions=dict(turn.actions),
+            joint_reward=float(turn.score.joint),
+            individual_rewards={a: float(v) for a, v in turn.score.individual.items()},
+            breakdown=dict(turn.score.breakdown),
+        )
+        for turn in env.inner.history
+    )
+
+
+def _heldout_records(run: HeldoutRun) -> list[TranscriptRecord]:
+    tokens_per_s = run.new_tokens / run.generation_seconds if run.generation_seconds > 0 else 0.0
+    records = []
+    for episode in run.episodes:
+        turns = _base_turns(episode.env) if isinstance(episode.env, SingleAgentEnv) else episode.turns
+        timing = {"response_time_s": run.seconds, "tokens_per_s": tokens_per_s, "new_tokens": float(episode.new_tokens)}
+        records.append(TranscriptRecord(run.seed, episode.task_id, episode.sample, turns, timing))
+    return records
+
+
+@dataclass
+class RunsResult:
+    """What evaluating the runs of a plan gave: transcript records, the played seeds, the loaded weights."""
+
+    records: list[TranscriptRecord] = field(default_factory=list)
+    played: list[HeldoutRun] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
+    weights: dict[str, dict[str, str | None]] = field(default_factory=dict)  # training seed -> agent -> sha256
+
+
+def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list[str], bar: Any) -> RunsResult:
+    """Each sampling seed's run played by :func:`baselines.heldout.play_heldout` (the training runner's
+    held-out evaluation), in batches of ``cfg.batch_tasks`` tasks (0 = all)."""
+    result = RunsResult()
+    size = cfg.batch_tasks or len(task_ids)
+    loaded_from, loaded = None, None
+    for seed, run in plan.runs.items():
+        if loaded is None or loaded_from != run.path:
+            loaded, loaded_from = load_run_policies(run, agents, cfg.device), run.path
+            result.models = _run_models(loaded.models)
+            result.weights[str(run.seed)] = {
+                m["agent"]: m.get("adapter_hash") or m["model_hash"] for m in result.models
+            }
+        factory = run.make_env_factory()
+        for start in range(0, len(task_ids), size):
+            batch = task_ids[start : start + size]
+            played = play_heldout(
+                factory, loaded.policies, batch, plan.sampling, seed, cfg.samples, lambda: bar.update(1)
+            )
+            result.played.append(played)
+            result.records.extend(_heldout_records(played))
+    return result
+
+
+def _recorded_heldout(run: RunRecord) -> dict[str, Any]:
+    """The run's final row of eval.jsonl (its evaluation after the last step)."""
+    path = run.path / "eval.jsonl"
+    if not path.is_file():
+        raise EvalError(f"{path}: missing; --heldout compares with the run's own final evaluation")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows or rows[-1].get("step") != run.steps:
+        raise EvalError(f"{path}: its last row is not the evaluation after step {run.steps} (the run did not finish)")
+    return rows[-1]  # type: ignore[no-any-return]
+
+
+def _train_seconds(plan: Plan) -> dict[str, float]:
+    """Training wall time per training seed (sum of `time/step_s` in metrics.jsonl; evaluations excluded)."""
+    out = {}
+    for run in {run.path: run for run in plan.runs.values()}.values():
+        path = run.path / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            out[str(run.seed)] = round(math.fsum(r.get("time/step_s", 0.0) for r in rows), 1)
+    return out
 
 
 # ----- entry ---------------------------------------------------------------------------------------------------
@@ -337,24 +625,71 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _method(cfg: EvalConfig, source: PolicySource) -> dict[str, Any]:
-    if cfg.policy is None:
+def method_record(cfg: EvalConfig, plan: Plan) -> dict[str, Any]:
+    """Name, family and description: a baseline's protocol, or the run's algorithm class (its card)."""
+    run = plan.run
+    if run is None:
         name = cfg.method_name or f"{cfg.baseline} (untrained)"
         description = (
             f"Untrained {_display(cfg.model or EMBEDDED_DIR)} in the '{cfg.baseline}' protocol of "
-            "baselines/untrained.py (MAGRPO_SPEC.md section 5)."
+            "baselines/untrained.py."
         )
         return {"name": name, "family": "untrained", "description": description, "config": {"protocol": cfg.baseline}}
-    run = source.run_config
-    algo = str(run.get("algo", "unknown"))
-    single = str(run.get("env", "")).startswith(SINGLE_PREFIX)
-    name = cfg.method_name or ("Single-agent GRPO" if single else _ALGO_NAME.get(algo, algo))
-    steps = run.get("steps")
-    config = {"protocol": source.protocol, "algo": algo, "train_steps": steps, "train_env": run.get("env")}
+    from baselines.algorithm import algorithm_card, resolve_algorithm
+
+    algo = str(run.field("algo"))
+    try:
+        card = algorithm_card(resolve_algorithm(algo))
+    except ValueError as error:
+        raise EvalError(f"{run.path / 'config.json'}: field 'algo': {error}") from None
+    if card["family"] not in method_families():
+        known = ", ".join(method_families())
+        raise EvalError(f"algorithm {algo!r} declares family {card['family']!r}; leaderboard families: {known}")
+    name = cfg.method_name or (f"Single-agent {card['display_name']}" if run.single else card["display_name"])
+    config = {"protocol": plan.protocol, "algo": algo, "train_steps": run.steps, "train_env": run.env_id}
     # the full training config of the run (what `llm-coop train` wrote to config.json), seed and directory aside
-    config["train_config"] = {k: v for k, v in sorted(run.items()) if k not in ("seed", "output_dir", "resume")}
-    description = f"{name} trained by `llm-coop train` for {steps} steps per seed (run: {cfg.policy})."
-    return {"name": name, "family": _FAMILY.get(algo, "joint-reward"), "description": description, "config": config}
+    config["train_config"] = {k: v for k, v in sorted(run.config.items()) if k not in _RUN_ONLY_FIELDS}
+    description = f"{card['description']} Trained by `llm-coop train` for {run.steps} steps per run ({cfg.policy})."
+    return {"name": name, "family": card["family"], "description": description, "config": config}
+
+
+def _decoding(plan: Plan, env: CoopParallelEnv, samples: int) -> dict[str, Any]:
+    return {
+        "temperature": plan.sampling.temperature,
+        "top_p": plan.sampling.top_p,
+        "top_k": plan.sampling.top_k,
+        "max_new_tokens": plan.sampling.max_new_tokens,
+        "samples_per_task": samples,
+        "max_turns": env.max_turns,
+        "chat_template": plan.chat_template,
+    }
+
+
+def _model_names(cfg: EvalConfig, plan: Plan) -> list[str]:
+    run = plan.run
+    if run is None:
+        return [cfg.model or str(EMBEDDED_DIR)]
+    return [str(m) for m in run.field("agent_models") or [run.field("model") or EMBEDDED_DIR]]
+
+
+def entry_id_for(cfg: EvalConfig, plan: Plan, method_name: str, env: CoopParallelEnv) -> str:
+    """``method--model--env--split[--<steps>steps]--<hash>``; model = "embedded" for the embedded model and
+    runs trained from it; the hash covers everything else that makes two evaluations differ."""
+    shown = []
+    for name in dict.fromkeys(_model_names(cfg, plan)):
+        shown.append("embedded" if _display(name).startswith("embedded:") else _slug(Path(name).name)[:24])
+    config = {
+        "decoding": _decoding(plan, env, cfg.samples),
+        "env_kwargs": env.spec.to_dict()["kwargs"],
+        "seeds": sorted(plan.seeds),
+        "seed_kind": plan.seed_kind,
+        "training_seeds": plan.training_seeds,
+        "protocol": plan.protocol,
+    }
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    steps = f"--{plan.run.steps}steps" if plan.run is not None else ""
+    env_id = plan.env.replace("/", "--")
+    return f"{_slug(method_name)[:32]}--{'_'.join(shown)}--{env_id}--{plan.split}{steps}--{digest}"
 
 
 def _templated(model: dict[str, Any], cfg: EvalConfig, seed: int) -> dict[str, Any]:
@@ -368,109 +703,6 @@ def _templated(model: dict[str, Any], cfg: EvalConfig, seed: int) -> dict[str, A
     return out
 
 
-def _train_seconds(cfg: EvalConfig, seeds: Sequence[int]) -> dict[str, float]:
-    """Training wall time per seed (sum of `time/step_s` in metrics.jsonl; evaluations excluded)."""
-    out = {}
-    for seed in seeds:
-        path = Path(str(cfg.policy).replace("{seed}", str(seed))) / "metrics.jsonl"
-        if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            out[str(seed)] = round(math.fsum(r.get("time/step_s", 0.0) for r in rows), 1)
-    return out
-
-
-def evaluate(cfg: EvalConfig) -> EvalResult:
-    """Run the evaluation and write the transcript and (for a whole split) the leaderboard entry."""
-    from tqdm import tqdm
-
-    cfg.validate()
-    torch.set_num_threads(cfg.threads)
-    started = time.perf_counter()
-    env = make(cfg.env)
-    tasks = list(env.tasks.split_tasks(cfg.split))
-    tasks = tasks[: cfg.tasks] if cfg.tasks else tasks
-    agents = list(env.possible_agents)
-    rounds = {"single": 1, "parallel": 2, "sequential": 2, "discussion": 4}
-    batches = math.ceil(len(tasks) / (cfg.batch_tasks or len(tasks)))
-    records: list[TranscriptRecord] = []
-    source = None
-    weights: dict[str, dict[str, str | None]] = {}  # seed -> agent -> weights hash (trained runs)
-    bar = tqdm(desc=f"eval {cfg.env}", disable=not cfg.progress, dynamic_ncols=True)
-    for seed in cfg.seeds:
-        if source is None or cfg.policy is not None:
-            source = load_source(cfg, agents, seed)
-            bar.total = len(cfg.seeds) * batches * rounds[source.protocol]
-            if cfg.policy is not None:
-                weights[str(seed)] = {m["agent"]: m.get("model_hash") or m.get("adapter_hash") for m in source.models}
-        records.extend(evaluate_seed(cfg, env, source, tasks, seed, bar))
-    bar.close()
-    assert source is not None
-    root = (cfg.root or leaderboard_root()).resolve()
-    method = _method(cfg, source)
-    models = source.models
-    if cfg.policy is not None:
-        method["config"]["train_seconds_per_seed"] = _train_seconds(cfg, cfg.seeds)
-        method["config"]["weights_sha256"] = weights
-        if len(cfg.seeds) > 1:  # one model per seed: name the run template, hashes per seed in the config
-            models = [_templated(m, cfg, cfg.seeds[-1]) for m in source.models]
-    entry_id = cfg.entry_id or _entry_id(cfg, method["name"], source.run_config)
-    transcript = Transcript(cfg.env, env.spec.spec_hash(), cfg.split, tuple(agents), tuple(records))
-    partial = len(tasks) < len(env.tasks.split_tasks(cfg.split))
-    folder = root / "transcripts" if not partial else root / "partial"
-    transcript_path = folder / f"{entry_id}.jsonl.gz"
-    write_transcript(transcript_path, transcript)
-    if partial:  # a leaderboard entry covers the whole split
-        return EvalResult(None, transcript_path, aggregate(records, pass_ks=cfg.pass_k).per_seed)
-    sandbox = getattr(env, "sandbox", None)
-    provenance = collect_provenance(cfg.command or "llm-coop eval", getattr(sandbox, "backend", None))
-    provenance["wall_time_s"] = round(time.perf_counter() - started, 1)
-    max_new = 2 * cfg.max_new_tokens if source.protocol == "single" else cfg.max_new_tokens
-    entry = make_entry(
-        entry_id=entry_id,
-        env=env,
-        transcript=transcript,
-        transcript_path=transcript_path,
-        leaderboard_dir=root,
-        dataset=dataset_fingerprint(env, cfg.split, getattr(env, "dataset", "bundled"), _data_revision(env)),
-        method=method,
-        models=models,
-        decoding={
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "top_k": cfg.top_k,
-            "max_new_tokens": max_new,
-            "samples_per_task": cfg.samples,
-            "max_turns": 1,
-            "chat_template": False,
-        },
-        provenance=provenance,
-        pass_ks=cfg.pass_k,
-    )
-    path = root / "entries" / f"{entry_id}.json"
-    write_entry(path, entry)
-    return EvalResult(path, transcript_path, entry["metrics"]["per_seed"])
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """The entry written (None when only part of the split was evaluated), the transcript, the metrics."""
-
-    entry_path: Path | None
-    transcript_path: Path
-    per_seed: dict[str, dict[str, float]]
-
-
-def _entry_id(cfg: EvalConfig, method_name: str, run_config: dict[str, Any]) -> str:
-    """``method--model--env--split``; model = "embedded" for the embedded model and runs trained from it."""
-    if cfg.policy is not None:
-        base = run_config.get("model") or (run_config.get("agent_models") or [None])[0]
-        what = str(base or EMBEDDED_DIR)
-    else:
-        what = cfg.model or str(EMBEDDED_DIR)
-    shown = "embedded" if _display(what).startswith("embedded:") else _slug(Path(what).name)
-    return f"{_slug(method_name)}--{shown[:40]}--{cfg.env.replace('/', '--')}--{cfg.split}"
-
-
 def _data_revision(env: CoopParallelEnv) -> str | None:
     import llm_coop_envs
 
@@ -479,27 +711,133 @@ def _data_revision(env: CoopParallelEnv) -> str | None:
     return None
 
 
+# ----- the evaluation ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalResult:
+    """The entry written (None when only part of the split was evaluated), the transcript, the metrics, and
+    for ``--heldout`` the reproduced ``eval.jsonl`` row and the run's own."""
+
+    entry_path: Path | None
+    transcript_path: Path
+    per_seed: dict[str, dict[str, float]]
+    heldout: dict[str, Any] | None = None
+    recorded: dict[str, Any] | None = None
+
+    @property
+    def reproduced(self) -> bool | None:
+        if self.heldout is None or self.recorded is None:
+            return None
+        return bool(self.heldout["eval/joint_mean"] == self.recorded["eval/joint_mean"])
+
+
+def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
+    source = load_source(cfg, plan, list(env.possible_agents))
+    result = RunsResult(models=source.models)
+    for seed in plan.seeds:
+        result.records.extend(evaluate_seed(cfg, plan, env, source, tasks, seed, bar))
+    return result
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Run the evaluation and write the transcript and (for a whole split) the leaderboard entry."""
+    from tqdm import tqdm
+
+    plan = plan_evaluation(cfg)
+    root = _root(cfg)
+    torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    env = make(plan.env, **entry_env_kwargs(plan.env, plan.env_kwargs))
+    every = list(env.tasks.split_tasks(plan.split))
+    tasks = every[: plan.tasks] if plan.tasks else every
+    method = method_record(cfg, plan)
+    entry_id = cfg.entry_id or entry_id_for(cfg, plan, method["name"], env)
+    paths = _output_paths(root, entry_id, len(tasks) < len(every), cfg.overwrite)
+    rounds = {"single": 1, "parallel": env.max_turns, "sequential": 2, "discussion": 4}[plan.protocol]
+    batches = math.ceil(len(tasks) / (cfg.batch_tasks or len(tasks)))
+    bar = tqdm(total=len(plan.seeds) * batches * rounds, desc=f"eval {plan.env}", disable=not cfg.progress)
+    if plan.run is None:
+        result = _run_baseline(cfg, plan, env, tasks, bar)
+    else:
+        result = evaluate_runs(cfg, plan, list(env.possible_agents), [t.task_id for t in tasks], bar)
+    bar.close()
+    heldout = recorded = None
+    if cfg.heldout and plan.run is not None:
+        heldout, recorded = heldout_row(result.played), _recorded_heldout(plan.run)
+    transcript = Transcript(
+        plan.env, env.spec.spec_hash(), plan.split, tuple(env.possible_agents), tuple(result.records)
+    )
+    write_transcript(paths.transcript, transcript)
+    if paths.entry is None:  # a leaderboard entry covers the whole split
+        per_seed = aggregate(result.records, pass_ks=cfg.pass_k).per_seed
+        return EvalResult(None, paths.transcript, per_seed, heldout, recorded)
+    entry = _entry(cfg, plan, env, transcript, paths.transcript, root, method, entry_id, result)
+    entry["provenance"]["wall_time_s"] = round(time.perf_counter() - started, 1)
+    write_entry(paths.entry, entry)
+    return EvalResult(paths.entry, paths.transcript, entry["metrics"]["per_seed"], heldout, recorded)
+
+
+def _entry(
+    cfg: EvalConfig,
+    plan: Plan,
+    env: CoopParallelEnv,
+    transcript: Transcript,
+    transcript_path: Path,
+    root: Path,
+    method: dict[str, Any],
+    entry_id: str,
+    result: RunsResult,
+) -> dict[str, Any]:
+    models = result.models
+    if plan.run is not None:
+        method["config"]["train_seconds_per_seed"] = _train_seconds(plan)
+        method["config"]["weights_sha256"] = result.weights
+        if plan.seed_kind == "training" and len(plan.seeds) > 1:  # one model per seed: the template, no hashes
+            models = [_templated(m, cfg, plan.seeds[-1]) for m in result.models]
+    sandbox = getattr(env, "sandbox", None)
+    return make_entry(
+        entry_id=entry_id,
+        env=env,
+        transcript=transcript,
+        transcript_path=transcript_path,
+        leaderboard_dir=root,
+        dataset=dataset_fingerprint(env, plan.split, getattr(env, "dataset", "bundled"), _data_revision(env)),
+        method=method,
+        models=models,
+        decoding=_decoding(plan, env, cfg.samples),
+        provenance=collect_provenance(cfg.command or "llm-coop eval", getattr(sandbox, "backend", None)),
+        pass_ks=cfg.pass_k,
+        seed_kind=plan.seed_kind,
+        training_seeds=plan.training_seeds if plan.run is not None else None,
+        train_steps=plan.run.steps if plan.run is not None else None,
+    )
+
+
 # ----- command line --------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm-coop eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", required=True, help="registered env id")
+    run = "(--policy: the run's value, and only it; --baseline: %s)"
+    p.add_argument("--env", help="registered env id (required for --baseline; a --policy run names its own)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--policy", help="run directory of llm-coop train ('{seed}' is replaced by each seed)")
     what.add_argument("--baseline", choices=PROTOCOLS, help="untrained protocol (baselines/untrained.py)")
     p.add_argument("--model", help="HF model name or path for --baseline (default: the embedded model)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--split", help=run % "test")
+    p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds; with '{seed}' also the runs (default: 0)")
     p.add_argument("--samples", type=int, default=1, help="samples per task (n of pass@k)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="per agent (single: twice this)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--tasks", type=int, default=0, help="only the first N tasks of the split (0 = all)")
+    p.add_argument("--max-new-tokens", type=int, help=run % "96 per agent, single: twice this")
+    p.add_argument("--temperature", type=float, help=run % "1.0")
+    p.add_argument("--top-k", type=int, help=run % "0 = off")
+    p.add_argument("--top-p", type=float, help=run % "1.0 = off")
+    p.add_argument("--tasks", type=int, help="only the first N tasks of the split (default: all; no entry)")
     p.add_argument("--batch-tasks", type=int, default=0, help="tasks per generate batch (0 = all)")
     p.add_argument("--pass-k", type=int, nargs="+", default=[1], help="k values of pass@k (k <= samples)")
-    p.add_argument("--entry-id", help="leaderboard entry id (default: method--model--env--split)")
+    p.add_argument(
+        "--heldout", action="store_true", help="--policy: repeat the run's own final held-out evaluation and check it"
+    )
+    p.add_argument("--entry-id", help="leaderboard entry id (default: method--model--env--split[--Nsteps]--hash)")
     p.add_argument("--method-name", help="method name shown on the leaderboard")
-    p.add_argument("--root", type=Path, help="leaderboards directory (default: the repo's)")
+    p.add_argument("--root", type=Path, help="leaderboards directory (default: ./leaderboards)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing entry and transcript of this id")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
@@ -510,10 +848,11 @@ def config_from_args(argv: Sequence[str], prog: str = "llm-coop eval") -> EvalCo
     """The config of a command line; ``prog`` + the arguments is recorded as the entry's command."""
     a = _parser().parse_args(list(argv))
     return EvalConfig(
-        env=a.env, policy=a.policy, baseline=a.baseline, model=a.model, split=a.split, seeds=tuple(a.seeds),
-        samples=a.samples, max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-        top_p=a.top_p, tasks=a.tasks, batch_tasks=a.batch_tasks, pass_k=tuple(a.pass_k), entry_id=a.entry_id,
-        method_name=a.method_name, root=a.root, device=a.device, threads=a.threads, progress=not a.no_progress,
+        env=a.env, policy=a.policy, baseline=a.baseline, model=a.model, split=a.split,
+        seeds=None if a.seeds is None else tuple(a.seeds), samples=a.samples, max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, tasks=a.tasks, batch_tasks=a.batch_tasks,
+        pass_k=tuple(a.pass_k), heldout=a.heldout, entry_id=a.entry_id, method_name=a.method_name, root=a.root,
+        overwrite=a.overwrite, device=a.device, threads=a.threads, progress=not a.no_progress,
         command=f"{prog} " + shlex.join(list(argv)),
     )  # fmt: skip
 
@@ -523,15 +862,23 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m baselines.eva
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = config_from_args(argv, prog)
     try:
-        cfg.validate()
-    except ValueError as error:
+        result = evaluate(cfg)
+    except (EvalError, EntryError) as error:
         raise SystemExit(f"llm-coop eval: {error}") from None
-    result = evaluate(cfg)
     for seed, metrics in result.per_seed.items():
         shown = "  ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
         print(f"seed {seed}: {shown}")
-    print(f"transcript: {result.transcript_path}")
-    print(f"entry: {result.entry_path or '(none: only part of the split was evaluated)'}")
+    print(f"transcript written to {result.transcript_path}")
+    print(f"entry written to {result.entry_path}" if result.entry_path else "no entry: only part of the split")
+    if result.heldout is not None and result.recorded is not None:
+        mine, theirs = result.heldout["eval/joint_mean"], result.recorded["eval/joint_mean"]
+        print(
+            f"held-out eval/joint_mean {mine!r}; the run's eval.jsonl after step {result.recorded['step']}: {theirs!r}"
+        )
+        if not result.reproduced:
+            print("llm-coop eval: the run's own held-out evaluation was NOT reproduced", file=sys.stderr)
+            return 1
+        print("reproduced: the same number as the run's own final held-out evaluation")
     return 0
 
 

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from baselines.evaluation import EvalConfig, Round, config_from_args, evaluate, run_protocol
+from baselines.evaluation import (
+    EvalConfig,
+    EvalError,
+    Round,
+    config_from_args,
+    entry_env_kwargs,
+    entry_id_for,
+    evaluate,
+    main,
+    method_record,
+    plan_evaluation,
+    run_protocol,
+)
+from baselines.heldout import EVAL_SEED, load_run_policies, read_run
+from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.policies import SamplingConfig
 from baselines.untrained import (
     discussion_prompt,
     make_env,
@@ -18,8 +35,6 @@ from baselines.untrained import (
 )
 from llm_coop_envs import make, registry_ids
 from llm_coop_leaderboard import load_entry, read_transcript, rescore
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 # ----- prompts and the delimiter rule ----------------------------------------------------------------------------
@@ -134,15 +149,46 @@ def test_discussion_round_two_sees_both_drafts_and_single_uses_one_call():
 
 # ----- the runner end to end ---------------------------------------------------------------------------------------
 def _quick(**kw) -> EvalConfig:
-    base = dict(max_new_tokens=8, progress=False, command="llm-coop eval (test)")
+    base = dict(progress=False, command="llm-coop eval (test)")
     return EvalConfig(**{**base, **kw})
 
 
-def test_eval_writes_a_valid_rescorable_entry_with_timings(tmp_path):
-    cfg = _quick(env="coop_writing-v0", baseline="sequential", seeds=(0, 1), root=tmp_path)
+def _baseline(**kw) -> EvalConfig:
+    return _quick(**{"max_new_tokens": 8, **kw})
+
+
+def _train(out: Path, **fields: Any) -> Path:
+    """A tiny `llm-coop train` run of MAGRPO into ``out`` (embedded model, one step)."""
+    from baselines.training import train
+
+    try:
+        from baselines.config import RunConfig
+    except ImportError:  # the runner's config before it left baselines/magrpo.py
+        from baselines.magrpo import MAGRPOConfig as RunConfig  # type: ignore[assignment]
+    base = dict(steps=1, num_generations=2, max_new_tokens=40, eval_tasks=2, eval_seeds=2, eval_every=0, seed=3)
+    train(RunConfig(output_dir=out, **{**base, **fields}), "magrpo", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished full-fine-tuning run, trained with seed 3 (do not modify: copy it)."""
+    return _train(tmp_path_factory.mktemp("runs") / "run-seed3")
+
+
+def _copy_run(run: Path, to: Path, **changes: Any) -> Path:
+    shutil.copytree(run, to)
+    config = json.loads((to / "config.json").read_text())
+    (to / "config.json").write_text(json.dumps({**config, **changes}))
+    return to
+
+
+def test_eval_writes_a_valid_rescorable_entry_with_timings_and_never_overwrites_it(tmp_path):
+    cfg = _baseline(env="coop_writing-v0", baseline="sequential", seeds=(0, 1), root=tmp_path)
     result = evaluate(cfg)
     entry = load_entry(result.entry_path, tmp_path)
     assert entry["method"]["family"] == "untrained" and entry["seeds"] == [0, 1]
+    assert entry["seed_kind"] == "sampling" and "training_seeds" not in entry and "train_steps" not in entry
     assert entry["provenance"]["command"] == "llm-coop eval (test)"
     for metrics in entry["metrics"]["per_seed"].values():
         assert {"return", "structure", "style", "coherence", "tokens_per_s", "response_time_s"} <= set(metrics)
@@ -150,8 +196,28 @@ def test_eval_writes_a_valid_rescorable_entry_with_timings(tmp_path):
     transcript = read_transcript(tmp_path / entry["transcript"]["path"])
     assert len(transcript.records) == 2 * 20
     assert rescore(entry, transcript).records == 40
-    again = evaluate(_quick(env="coop_writing-v0", baseline="sequential", seeds=(0, 1), root=tmp_path / "b"))
+    before = result.entry_path.read_bytes()
+    with pytest.raises(EvalError, match=rf"{result.entry_path}.* already exists.*--overwrite"):
+        evaluate(cfg)
+    assert result.entry_path.read_bytes() == before
+    again = evaluate(
+        _baseline(env="coop_writing-v0", baseline="sequential", seeds=(0, 1), root=tmp_path, overwrite=True)
+    )
     assert again.per_seed["0"]["return"] == result.per_seed["0"]["return"]  # seeded: same texts, same scores
+
+
+def test_partial_transcripts_are_not_overwritten_and_ids_differ_with_the_configuration(tmp_path):
+    cfg = _baseline(env="coop_writing-v0", baseline="parallel", tasks=1, root=tmp_path)
+    first = evaluate(cfg)
+    assert first.entry_path is None and first.transcript_path.parent == tmp_path / "partial"
+    with pytest.raises(EvalError, match=rf"{first.transcript_path}.* already exists"):
+        evaluate(cfg)
+    env = make("coop_writing-v0")
+    ids = set()
+    for changes in ({}, {"seeds": (0, 1)}, {"temperature": 0.7}, {"samples": 2}, {"max_new_tokens": 9}):
+        other = _baseline(**{"env": "coop_writing-v0", "baseline": "parallel", **changes})
+        ids.add(entry_id_for(other, plan_evaluation(other), "parallel (untrained)", env))
+    assert len(ids) == 5 and all(i.startswith("parallel-untrained--embedded--coop_writing-v0--test--") for i in ids)
 
 
 def test_eval_coding_has_pass_at_k_and_batch_scoring(tmp_path, monkeypatch):
@@ -160,63 +226,165 @@ def test_eval_coding_has_pass_at_k_and_batch_scoring(tmp_path, monkeypatch):
     calls = []
     original = CodingEnv.score_many
     monkeypatch.setattr(CodingEnv, "score_many", lambda self, items: calls.append(len(items)) or original(self, items))
-    cfg = _quick(env="coop_coding-v0", baseline="parallel", samples=2, pass_k=(1, 2), root=tmp_path)
+    cfg = _baseline(env="coop_coding-v0", baseline="parallel", samples=2, pass_k=(1, 2), root=tmp_path)
     result = evaluate(cfg)
     assert calls == [16 * 2]  # one batch for every task x sample
     assert {"pass@1", "pass@2", "tests", "syntax", "cooperation"} <= set(result.per_seed["0"])
 
 
 def test_eval_of_part_of_a_split_writes_no_entry(tmp_path):
-    result = evaluate(_quick(env="coop_abstract_expansion-v0", baseline="discussion", tasks=2, root=tmp_path))
+    result = evaluate(_baseline(env="coop_abstract_expansion-v0", baseline="discussion", tasks=2, root=tmp_path))
     assert result.entry_path is None and result.transcript_path.exists()
     records = read_transcript(result.transcript_path).records
     assert len(records) == 2 and len(records[0].turns) == 2  # both discussion rounds kept, round 2 reported
 
 
-@pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_eval_of_a_trained_run_directory(tmp_path, finetune):
-    from baselines.magrpo import MAGRPOConfig
-    from baselines.training import train
+# ----- trained runs: evaluation reproduces training ------------------------------------------------------------------
+def test_heldout_mode_reproduces_the_runs_final_evaluation(trained_run, tmp_path):
+    result = evaluate(_quick(policy=str(trained_run), heldout=True, root=tmp_path))
+    final = json.loads((trained_run / "eval.jsonl").read_text().splitlines()[-1])
+    assert final["step"] == 1 and final["eval/joint_mean"] > 0  # a number that can differ
+    assert result.heldout is not None and result.heldout["eval/joint_mean"] == final["eval/joint_mean"]
+    assert result.heldout["eval/example"] == final["eval/example"] and result.reproduced
+    records = read_transcript(result.transcript_path).records
+    assert sorted({r.seed for r in records}) == [EVAL_SEED, EVAL_SEED + 1] and len(records) == 2 * 2
+    with pytest.raises(EvalError, match="--heldout uses the run's own evaluation seeds"):
+        evaluate(_quick(policy=str(trained_run), heldout=True, seeds=(0,), root=tmp_path))
 
-    run = tmp_path / "run-seed3"
-    cfg = MAGRPOConfig(
-        steps=1, num_generations=2, max_new_tokens=6, eval_tasks=1, eval_seeds=1, finetune=finetune,
-        output_dir=run, seed=3,
-    )  # fmt: skip
-    train(cfg, "magrpo", progress=False)
-    result = evaluate(_quick(env="coop_writing-v0", policy=str(tmp_path / "run-seed{seed}"), seeds=(3,), root=tmp_path))
-    entry = json.loads(result.entry_path.read_text())
-    assert entry["method"]["name"] == "MAGRPO" and entry["method"]["config"]["train_steps"] == 1
-    models = {m["agent"]: m for m in entry["models"]}
-    assert set(models) == {"summary", "elaboration"}
-    key = "adapter_hash" if finetune == "lora" else "model_hash"
-    assert all(len(m[key]) == 64 for m in models.values())
+
+def test_each_lora_agent_gets_its_own_base_model(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other-base"
+    model = AutoModelForCausalLM.from_pretrained(str(EMBEDDED_DIR))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1.5)
+    model.save_pretrained(other)
+    AutoTokenizer.from_pretrained(str(EMBEDDED_DIR)).save_pretrained(other)
+    run = _train(tmp_path / "lora", finetune="lora", agent_models=(str(EMBEDDED_DIR), str(other)), eval_seeds=1)
+    loaded = load_run_policies(read_run(run), ["summary", "elaboration"], "cpu")
+    assert [m["model"] for m in loaded.models] == [str(EMBEDDED_DIR), str(other)]
+    assert loaded.policies.members["summary"].module is not loaded.policies.members["elaboration"].module
+    result = evaluate(_quick(policy=str(run), heldout=True, root=tmp_path))
+    assert result.reproduced and result.heldout is not None and result.recorded is not None
+    assert result.heldout["eval/example"] == result.recorded["eval/example"]  # the same texts, agent by agent
+
+
+def test_policy_eval_takes_env_kwargs_prompt_format_and_decoding_from_the_run(trained_run, tmp_path):
+    changes = dict(max_turns=2, chat_template=True, max_new_tokens=7, temperature=0.5, top_k=5, top_p=0.9)
+    run = _copy_run(trained_run, tmp_path / "run", **changes)
+    cfg = config_from_args(["--policy", str(run)])
+    assert (cfg.env, cfg.split, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p) == (None,) * 6
+    plan = plan_evaluation(cfg)
+    assert plan.env == "coop_writing-v0" and plan.split == "test" and plan.protocol == "parallel"
+    assert plan.env_kwargs == {"max_turns": 2, "dataset": "bundled"} and plan.chat_template
+    assert plan.sampling == SamplingConfig(max_new_tokens=7, temperature=0.5, top_k=5, top_p=0.9)
+    assert read_run(run).make_env_factory()().max_turns == 2
+    assert entry_env_kwargs(plan.env, plan.env_kwargs) == {"max_turns": 2}  # defaults keep the registered spec
+    assert load_run_policies(read_run(run), ["summary", "elaboration"], "cpu").policies.chat_template
+    plan_evaluation(_quick(policy=str(run), env="coop_writing-v0", temperature=0.5, max_new_tokens=7))  # agree
+    contradictions = [
+        ({"env": "coop_coding-v0"}, r"--env 'coop_coding-v0' contradicts the run: .*config.json records"),
+        ({"max_new_tokens": 8}, r"--max-new-tokens 8 contradicts the run: .* records 7"),
+        ({"temperature": 1.0}, r"--temperature 1.0 contradicts"),
+        ({"top_k": 0}, r"--top-k 0 contradicts"),
+        ({"top_p": 1.0}, r"--top-p 1.0 contradicts"),
+        ({"split": "train"}, r"--split 'train' contradicts"),
+    ]
+    for flags, message in contradictions:
+        with pytest.raises(EvalError, match=message):
+            plan_evaluation(_quick(policy=str(run), **flags))
+
+
+def test_seeds_are_training_seeds_with_a_template_and_sampling_seeds_without(trained_run, tmp_path):
+    _copy_run(trained_run, tmp_path / "run-seed3")
+    _copy_run(trained_run, tmp_path / "run-seed4", seed=4)  # same weights, recorded as seed 4
+    template = str(tmp_path / "run-seed{seed}")
+    trained = load_entry(evaluate(_quick(policy=template, seeds=(3, 4), root=tmp_path)).entry_path, tmp_path)
+    assert trained["seed_kind"] == "training" and trained["training_seeds"] == [3, 4] and trained["train_steps"] == 1
+    assert trained["decoding"]["max_new_tokens"] == 40 and trained["decoding"]["max_turns"] == 1
+    assert set(trained["method"]["config"]["weights_sha256"]) == {"3", "4"}
+    assert all(len(h) == 64 for h in trained["method"]["config"]["weights_sha256"]["3"].values())
+    sampled = load_entry(evaluate(_quick(policy=str(trained_run), seeds=(0, 1), root=tmp_path)).entry_path, tmp_path)
+    assert sampled["seed_kind"] == "sampling" and sampled["training_seeds"] == [3] and sampled["seeds"] == [0, 1]
+    assert sampled["entry_id"] != trained["entry_id"] and "--1steps--" in sampled["entry_id"]
+    models = {m["agent"]: m for m in sampled["models"]}
+    assert set(models) == {"summary", "elaboration"} and all(len(m["model_hash"]) == 64 for m in models.values())
+    _copy_run(trained_run, tmp_path / "run-seed5")  # config.json says seed 3
+    with pytest.raises(EvalError, match=r"run-seed5: trained with seed 3, but '\{seed\}' in --policy names it seed 5"):
+        plan_evaluation(_quick(policy=template, seeds=(3, 5)))
+    _copy_run(trained_run, tmp_path / "run-seed6", seed=6, lr=0.5)
+    with pytest.raises(EvalError, match=r"differ in config field 'lr'"):
+        plan_evaluation(_quick(policy=template, seeds=(3, 6)))
+
+
+def test_a_run_without_config_json_is_refused(trained_run, tmp_path):
+    shutil.copytree(trained_run / "final", tmp_path / "bare" / "final")
+    with pytest.raises(EvalError, match=r"bare: no config.json"):
+        evaluate(_quick(policy=str(tmp_path / "bare"), root=tmp_path))
+
+
+def test_method_name_family_and_description_come_from_the_algorithm_class(trained_run, tmp_path, monkeypatch):
+    from baselines.independent import IndependentGRPO
+    from baselines.magrpo import MAGRPO
+
+    (tmp_path / "my_algo.py").write_text(
+        "from baselines.magrpo import MAGRPO\n\n\n"
+        "class Mine(MAGRPO):\n    display_name = 'My method'\n    family = 'other'\n    description = 'Mine.'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    expected = {
+        "magrpo": ("MAGRPO", "joint-reward", MAGRPO.description),
+        "independent": ("Independent GRPO", "independent-reward", IndependentGRPO.description),
+        "my_algo:Mine": ("My method", "other", "Mine."),
+    }
+    for algo, (name, family, description) in expected.items():
+        run = _copy_run(trained_run, tmp_path / _slug(algo), algo=algo)
+        cfg = _quick(policy=str(run))
+        method = method_record(cfg, plan_evaluation(cfg))
+        assert (method["name"], method["family"]) == (name, family) and method["description"].startswith(description)
+    run = _copy_run(trained_run, tmp_path / "unknown", algo="telepathy")
+    with pytest.raises(EvalError, match=r"config.json: field 'algo': algorithm 'telepathy' unknown"):
+        method_record(_quick(policy=str(run)), plan_evaluation(_quick(policy=str(run))))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)
 
 
 def test_single_agent_grpo_trains_on_the_single_view_and_evaluates_as_single(tmp_path):
-    from baselines.magrpo import MAGRPOConfig
-    from baselines.training import train
+    run = _train(tmp_path / "solo", env="single:coop_writing-v0", max_new_tokens=6, eval_tasks=1, eval_seeds=1)
+    assert (run / "final" / "single").is_dir()
+    result = evaluate(_quick(env="coop_writing-v0", policy=str(run), root=tmp_path))
+    entry = load_entry(result.entry_path, tmp_path)
+    assert entry["method"]["name"] == "Single-agent MAGRPO" and entry["method"]["config"]["protocol"] == "single"
+    assert entry["env"]["id"] == "coop_writing-v0" and entry["decoding"]["max_new_tokens"] == 6  # the run's budget
+    transcript = read_transcript(tmp_path / entry["transcript"]["path"])
+    assert set(transcript.records[0].turns[0].actions) == {"summary", "elaboration"}  # split into the env's actions
+    assert rescore(entry, transcript).records == 20
 
-    cfg = MAGRPOConfig(
-        env="single:coop_writing-v0", steps=1, num_generations=2, max_new_tokens=6, eval_tasks=1, eval_seeds=1,
-        output_dir=tmp_path / "solo",
-    )  # fmt: skip
-    train(cfg, "magrpo", progress=False)
-    assert (tmp_path / "solo" / "final" / "single").is_dir()
-    result = evaluate(_quick(env="coop_writing-v0", policy=str(tmp_path / "solo"), root=tmp_path))
-    entry = json.loads(result.entry_path.read_text())
-    assert entry["method"]["name"] == "Single-agent GRPO" and entry["method"]["config"]["protocol"] == "single"
-    assert entry["decoding"]["max_new_tokens"] == 16  # both parts: twice the per-agent budget
+
+def test_root_defaults_to_the_current_directory_and_the_paths_are_printed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--env", "coop_writing-v0", "--baseline", "parallel", "--tasks", "1", "--max-new-tokens", "4"]
+    with pytest.raises(SystemExit, match=r"llm-coop eval: --root: no leaderboards/ directory in"):
+        main([*argv, "--no-progress"])
+    (tmp_path / "leaderboards").mkdir()
+    assert main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"transcript written to {tmp_path / 'leaderboards' / 'partial'}" in out
 
 
 def test_cli_dispatches_eval_and_leaderboard(capsys):
-    from baselines.cli import main
+    from baselines.cli import main as cli
 
     with pytest.raises(SystemExit) as done:
-        main(["leaderboard", "--help"])
+        cli(["leaderboard", "--help"])
     assert done.value.code == 0 and "build" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["eval", "--env", "coop_writing-v0"])  # --policy or --baseline is required
+        cli(["eval", "--env", "coop_writing-v0"])  # --policy or --baseline is required
     assert "one of the arguments --policy --baseline is required" in capsys.readouterr().err
 
 
@@ -226,6 +394,11 @@ def test_cli_flags_and_errors():
     assert cfg.command == "llm-coop eval --env coop_coding-v0 --policy runs/c0 --seeds 0 1 2 3 4"
     with pytest.raises(SystemExit):
         config_from_args(["--env", "coop_writing-v0", "--baseline", "telepathy"])
-    with pytest.raises(ValueError, match="--model is for --baseline"):
+    with pytest.raises(EvalError, match="--model is for --baseline"):
         _quick(env="coop_writing-v0", policy="runs/x", model="m").validate()
-    assert REPO.joinpath("baselines", "evaluation.py").exists()
+    with pytest.raises(EvalError, match="--baseline needs --env"):
+        _quick(baseline="parallel").validate()
+    with pytest.raises(EvalError, match="each once"):
+        _quick(policy="runs/x", seeds=(1, 1)).validate()
+    with pytest.raises(EvalError, match="without '\\{seed\\}'"):
+        _quick(policy="runs/x-{seed}", heldout=True).validate()
