@@ -168,6 +168,26 @@ def lm_loss(model, batch):  # batch: (B, T+1) token ids
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 
+def corpus_sequences(cfg: BuildConfig, log=print):
+    """The tokenizer, the (train, validation) sequences (N, T+1) of the corpus, and the env paragraph count."""
+    import torch
+
+    paragraphs = collect_corpus(cfg.corpus_chars)
+    env_paragraphs = collect_env_paragraphs(cfg.env_text) if cfg.env_text else []
+    paragraphs = paragraphs + env_paragraphs * 3  # the env text is small: seen three times as often
+    tokenizer = build_tokenizer(paragraphs, cfg.vocab_size)
+    ids: list[int] = []
+    for text in paragraphs:
+        ids.extend(tokenizer(text)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+    data = torch.tensor(ids, dtype=torch.long)
+    n_seq = len(data) // (cfg.seq_len + 1)
+    seqs = data[: n_seq * (cfg.seq_len + 1)].view(n_seq, cfg.seq_len + 1)  # (N, T+1)
+    n_val = max(8, n_seq // 50)
+    log(f"corpus: {len(paragraphs)} paragraphs, {sum(map(len, paragraphs))} chars, {len(ids)} tokens")
+    return tokenizer, seqs[n_val:], seqs[:n_val], len(env_paragraphs)
+
+
 def pretrain(cfg: BuildConfig, out_dir: Path = EMBEDDED_DIR, log=print) -> dict:
     """Build corpus, tokenizer and model; pretrain; save everything to `out_dir`. Returns the build info."""
     import torch
@@ -175,21 +195,8 @@ def pretrain(cfg: BuildConfig, out_dir: Path = EMBEDDED_DIR, log=print) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    paragraphs = collect_corpus(cfg.corpus_chars)
-    env_paragraphs = collect_env_paragraphs(cfg.env_text) if cfg.env_text else []
-    paragraphs = paragraphs + env_paragraphs * 3  # the env text is small: seen three times as often
-    tokenizer = build_tokenizer(paragraphs, cfg.vocab_size)
+    tokenizer, train, val, env_paragraphs = corpus_sequences(cfg, log)
     eos_id = tokenizer.eos_token_id
-    ids: list[int] = []
-    for text in paragraphs:
-        ids.extend(tokenizer(text)["input_ids"])
-        ids.append(eos_id)
-    data = torch.tensor(ids, dtype=torch.long)
-    n_seq = len(data) // (cfg.seq_len + 1)
-    seqs = data[: n_seq * (cfg.seq_len + 1)].view(n_seq, cfg.seq_len + 1)  # (N, T+1)
-    n_val = max(8, n_seq // 50)
-    val, train = seqs[:n_val], seqs[n_val:]
-    log(f"corpus: {len(paragraphs)} paragraphs, {sum(map(len, paragraphs))} chars, {len(ids)} tokens")
 
     model = make_model(cfg, len(tokenizer), eos_id)
     n_params = sum(p.numel() for p in model.parameters())
@@ -231,17 +238,21 @@ def pretrain(cfg: BuildConfig, out_dir: Path = EMBEDDED_DIR, log=print) -> dict:
         "val_loss_before": round(first_val, 4),
         "val_loss_after": round(val_loss(), 4),
         "train_tokens": int(train.numel()),
-        "env_paragraphs": len(env_paragraphs),
+        "env_paragraphs": env_paragraphs,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "build_seconds": round(time.time() - t0, 1),
     }
+    _save(out_dir, model, tokenizer, info)
+    log(json.dumps(info))
+    return info
+
+
+def _save(out_dir: Path, model, tokenizer, info: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    log(json.dumps(info))
-    return info
 
 
 def main(argv: list[str] | None = None) -> None:
