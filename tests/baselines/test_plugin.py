@@ -147,3 +147,23 @@ def test_subclass_needs_advantages():
 
     with pytest.raises(TypeError):
         Incomplete()  # type: ignore[abstract]
+
+
+def test_the_guide_example_is_a_working_algorithm(monkeypatch):
+    """docs/add_your_own_algorithm.md's class, run as written."""
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "add_your_own_algorithm.md").read_text()
+    source = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    module = types.ModuleType("guide_example")
+    monkeypatch.setitem(sys.modules, "guide_example", module)  # dataclasses look their module up
+    exec(compile(source, "docs/add_your_own_algorithm.md", "exec"), module.__dict__)  # our own docs, not model output
+    algo = module.MyAlgo(module.MyAlgoConfig(temperature_of_credit=2.0))
+    adv = algo.advantages(hand_group([1.0, 2.0, 6.0], [[0.0, 0.0]] * 3))
+    assert torch.allclose(adv["first"], torch.tensor([-2.0, 0.0, 8.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_generations"):
+        algo.check_run(small_run(num_generations=1))
+    assert algorithm_card(module.MyAlgo)["display_name"] == "My algorithm"
