@@ -13,30 +13,20 @@ from __future__ import annotations
 
 import torch
 
-from baselines.algorithm import Algorithm, GroupBatch
-from baselines.config import RunConfig
-from baselines.magrpo import MAGRPOConfig, check_group_run
+from baselines.algorithm import GroupBatch
+from baselines.magrpo import GroupRelative
 from baselines.objectives import compute_advantages, response_credit
 
 __all__ = ["IndependentGRPO"]
 
 
-class IndependentGRPO(Algorithm):
+class IndependentGRPO(GroupRelative):
     """Independent GRPO on the plug-in interface: every agent's response is credited with its own return."""
 
     name = "independent"
     display_name = "Independent GRPO"
     family = "independent-reward"  # <- the difference: trained on each agent's own reward
     description = "Each agent is trained on its own individual reward with its own group baseline."
-    config_class = MAGRPOConfig
-    cfg: MAGRPOConfig
-
-    def check_run(self, run: RunConfig) -> None:
-        self.cfg.validate()
-        check_group_run(self.cfg, run)
-
-    def reference_kl_coef(self) -> float:
-        return self.cfg.kl_coef
 
     def advantages(self, group: GroupBatch) -> dict[str, torch.Tensor]:
         """agent -> (G,) advantages: every agent's response is credited with ITS OWN return."""

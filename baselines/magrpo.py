@@ -33,7 +33,7 @@ from baselines.algorithm import Algorithm, GroupBatch
 from baselines.config import RunConfig
 from baselines.objectives import compute_advantages, response_credit
 
-__all__ = ["MAGRPO", "MAGRPOConfig"]
+__all__ = ["MAGRPO", "GroupRelative", "MAGRPOConfig"]
 
 
 @dataclass
@@ -55,31 +55,32 @@ class MAGRPOConfig:
             raise ValueError(f"config field kl_coef={self.kl_coef!r}: must be >= 0")
 
 
-def check_group_run(cfg: MAGRPOConfig, run: RunConfig) -> None:
-    """A group baseline needs G >= 2: with G = 1 every advantage would be exactly 0 (nothing is learned)."""
-    if run.num_generations < 2 and cfg.advantage_mode != "raw":
-        raise ValueError(
-            f"config field num_generations={run.num_generations}: advantage_mode {cfg.advantage_mode!r} compares "
-            "a response with its G - 1 siblings and needs num_generations >= 2 (or --advantage-mode raw)"
-        )
+class GroupRelative(Algorithm):
+    """What MAGRPO and independent GRPO share: their settings, the KL weight, and the G >= 2 check."""
+
+    config_class = MAGRPOConfig
+    cfg: MAGRPOConfig
+
+    def check_run(self, run: RunConfig) -> None:
+        """A group baseline needs G >= 2: with G = 1 every advantage would be exactly 0 (nothing is learned)."""
+        self.cfg.validate()
+        if run.num_generations < 2 and self.cfg.advantage_mode != "raw":
+            raise ValueError(
+                f"config field num_generations={run.num_generations}: advantage_mode {self.cfg.advantage_mode!r} "
+                "compares a response with its G - 1 siblings and needs num_generations >= 2 (or --advantage-mode raw)"
+            )
+
+    def reference_kl_coef(self) -> float:
+        return self.cfg.kl_coef
 
 
-class MAGRPO(Algorithm):
+class MAGRPO(GroupRelative):
     """MAGRPO on the plug-in interface: every agent's response is credited with the joint return."""
 
     name = "magrpo"
     display_name = "MAGRPO"
     family = "joint-reward"  # <- the difference: trained on the joint reward
     description = "Every agent is trained on the joint reward with a group-relative advantage (arXiv 2508.04652)."
-    config_class = MAGRPOConfig
-    cfg: MAGRPOConfig
-
-    def check_run(self, run: RunConfig) -> None:
-        self.cfg.validate()
-        check_group_run(self.cfg, run)
-
-    def reference_kl_coef(self) -> float:
-        return self.cfg.kl_coef
 
     def advantages(self, group: GroupBatch) -> dict[str, torch.Tensor]:
         """agent -> (G,) advantages: every agent's response is credited with the JOINT return."""
