@@ -159,12 +159,9 @@ def _baseline(**kw) -> EvalConfig:
 
 def _train(out: Path, **fields: Any) -> Path:
     """A tiny `llm-coop train` run of MAGRPO into ``out`` (embedded model, one step)."""
+    from baselines.config import RunConfig
     from baselines.training import train
 
-    try:
-        from baselines.config import RunConfig
-    except ImportError:  # the runner's config before it left baselines/magrpo.py
-        from baselines.magrpo import MAGRPOConfig as RunConfig  # type: ignore[assignment]
     base = dict(steps=1, num_generations=2, max_new_tokens=40, eval_tasks=2, eval_seeds=2, eval_every=0, seed=3)
     train(RunConfig(output_dir=out, **{**base, **fields}), "magrpo", progress=False)
     return out
@@ -407,12 +404,9 @@ def test_cli_flags_and_errors():
 @pytest.mark.xfail(strict=True, reason="needs run_eval wired to heldout")
 def test_the_training_runners_held_out_evaluation_is_baselines_heldout(monkeypatch):
     from baselines import heldout, training
+    from baselines.config import RunConfig
     from baselines.lm.policies import Policies
 
-    try:
-        from baselines.config import RunConfig
-    except ImportError:  # the runner's config before it left baselines/magrpo.py
-        from baselines.magrpo import MAGRPOConfig as RunConfig  # type: ignore[assignment]
     played: list[int] = []
     original = heldout.play_heldout
     monkeypatch.setattr(heldout, "play_heldout", lambda *a, **k: played.append(a[4]) or original(*a, **k))
