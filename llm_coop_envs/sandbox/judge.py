@@ -32,6 +32,7 @@ Remaining differences from running the assert in-process (the limits of this des
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -102,26 +103,34 @@ def _needed_setup(setup: list[ast.stmt], calls: list[ast.Call]) -> list[ast.stmt
     return keep[::-1]
 
 
-class _Replace(ast.NodeTransformer):
-    def __init__(self, calls: list[ast.Call]) -> None:
-        self.index = {id(call): i for i, call in enumerate(calls)}
-
-    def visit_Call(self, node: ast.Call) -> ast.AST:
-        if id(node) in self.index:
-            return ast.Call(ast.Name(_VALUE, ast.Load()), [ast.Constant(self.index[id(node)])], [])
-        return self.generic_visit(node)
-
-
-def _verdict_source(source: str, setup: list[ast.stmt], test: ast.AST) -> str:
-    """The setup as written, then the rewritten assert on the assert's own line (same line numbers)."""
-    assert isinstance(test, ast.Assert)
-    if any((s.end_lineno or s.lineno) >= test.lineno for s in setup):
-        return ast.unparse(ast.Module([*setup, test], []))
-    return "\n".join([*source.splitlines()[: test.lineno - 1], ast.unparse(test)])
+def _offsets(source: str) -> list[int]:
+    """Byte offset (UTF-8, as in ``ast`` positions) of the start of each line."""
+    starts, total = [0], 0
+    for line in source.encode("utf-8", "surrogatepass").splitlines(keepends=True):
+        total += len(line)
+        starts.append(total)
+    return starts
 
 
+def _span(node: ast.AST, starts: list[int]) -> tuple[int, int]:
+    start = starts[node.lineno - 1] + node.col_offset  # type: ignore[attr-defined]
+    return start, starts[(node.end_lineno or 1) - 1] + (node.end_col_offset or 0)  # type: ignore[attr-defined]
+
+
+def _verdict_source(data: bytes, starts: list[int], test: ast.Assert, calls: list[ast.Call]) -> str:
+    """The text up to the assert's end with call i replaced by ``__llm_coop_v__(i)`` (same line numbers)."""
+    out = data[: _span(test, starts)[1]]
+    for i, call in reversed(list(enumerate(calls))):
+        begin, end = _span(call, starts)
+        out = out[:begin] + f"{_VALUE}({i})".encode() + out[end:]
+    return out.decode("utf-8", "surrogatepass")
+
+
+@functools.lru_cache(maxsize=8192)
 def split_test(source: str, names: tuple[str, ...]) -> SplitTest | None:
-    """Split one test (setup statements, then one assert), or None when its shape does not allow it."""
+    """Split one test (setup statements, then one assert), or None when its shape does not allow it.
+
+    Text is cut at syntax-tree positions (no unparsing), so line numbers and spelling are the test's own."""
     wanted = frozenset(names)
     try:
         tree = ast.parse(source)
@@ -135,13 +144,14 @@ def split_test(source: str, names: tuple[str, ...]) -> SplitTest | None:
     calls = _outer_calls(test, wanted)
     if calls is None:
         return None
-    try:
-        sources = [ast.unparse(call) for call in calls]
-        needed = "\n".join(ast.unparse(s) for s in _needed_setup(setup, calls))
-        verdict = _verdict_source(source, setup, _Replace(calls).visit(test))
-    except RecursionError:
-        return None
-    return SplitTest({"setup": needed, "calls": sources}, verdict)
+    data, starts = source.encode("utf-8", "surrogatepass"), _offsets(source)
+
+    def text(node: ast.AST) -> str:
+        begin, end = _span(node, starts)
+        return data[begin:end].decode("utf-8", "surrogatepass")
+
+    needed = "\n".join(text(s) for s in _needed_setup(setup, calls))
+    return SplitTest({"setup": needed, "calls": [text(c) for c in calls]}, _verdict_source(data, starts, test, calls))
 
 
 def plan(job: TestJob) -> tuple[WireJob, tuple[SplitTest | None, ...]]:
@@ -177,10 +187,10 @@ def judge_job(
             decided[i] = bad
             continue
         where[i] = len(tests)
-        tests.append({"a": split.verdict, "v": value})
+        tests.append({"a": split.verdict, "v": value, "p": job.judge_prelude})
     if not tests:
         return None, where, decided
-    wire = WireJob(job.judge_prelude, tuple(tests), job.test_timeout_s, job.max_timeouts, job.budget_s)
+    wire = WireJob("", tuple(tests), job.test_timeout_s, job.max_timeouts, job.budget_s)
     return wire, where, decided
 
 

@@ -175,9 +175,10 @@ def _probe_bwrap_uncached() -> str | None:
     return None
 
 
-def _worker_config(backend: str, tmpdir: str | None, judge: bool) -> tuple[dict[str, Any], bool]:
+def _worker_config(backend: str, limits: Limits, tmpdir: str | None, judge: bool) -> tuple[dict[str, Any], bool]:
     """(server config, privileged) for a new worker."""
     cfg: dict[str, Any] = {"preload": list(_PRELOAD), "parent": os.getpid(), "judge": judge, "seccomp": True}
+    cfg["limits"] = asdict(limits)
     cfg["clean_seconds"] = CLEAN_SECONDS
     if backend == "bwrap":
         privileged = probe_bwrap() == "privileged"
@@ -195,7 +196,7 @@ class Worker:
 
     def __init__(self, backend: str, limits: Limits, judge: bool = False) -> None:
         self.tmpdir: str | None = None if backend == "bwrap" else tempfile.mkdtemp(prefix="llm-coop-sandbox-")
-        cfg, privileged = _worker_config(backend, self.tmpdir, judge)
+        cfg, privileged = _worker_config(backend, limits, self.tmpdir, judge)
         if backend == "bwrap":
             argv, env, cwd = bwrap_argv(limits, privileged), minimal_env("/tmp"), "/"
         else:
@@ -360,7 +361,9 @@ class Pool:
         # Workers are started from one long-lived thread: bwrap's --die-with-parent (PR_SET_PDEATHSIG) fires
         # when the *thread* that spawned it exits, so short-lived caller threads must never spawn them.
         self.spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawn")
-        self.runners = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sandbox-run")
+        # twice as many runner threads as workers: while one job's thread waits for its verdicts (judge pool),
+        # another job already uses the program worker it released
+        self.runners = ThreadPoolExecutor(max_workers=2 * size, thread_name_prefix="sandbox-run")
 
     def _spawn(self) -> Worker:
         worker = self.spawner.submit(Worker, self.backend, self.limits, self.judge).result()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import ctypes
+import gc
 import json
 import marshal
 import os
@@ -49,9 +50,12 @@ VALUES_NAME = "__llm_coop_v__"
 
 
 # ----------------------------------------------------------------------------- small system helpers
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PRCTL = _LIBC.prctl  # looked up once here: forked processes inherit it ready to call
+
+
 def prctl(option: int, arg: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+    if _PRCTL(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
@@ -128,8 +132,7 @@ def install_seccomp(program: bytes) -> None:
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
     fprog = Fprog(len(program) // 8, ctypes.addressof(buffer))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(22, ctypes.c_ulong(2), ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+    if _PRCTL(22, ctypes.c_ulong(2), ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
@@ -410,12 +413,35 @@ def _run_assert(
     return status + etype.encode("utf-8", "replace") + b"\n" + msg.encode("utf-8", "replace")
 
 
-def _child(program: str, cfg: dict[str, Any], lim: dict[str, Any], res_w: int, ctl_r: int, out_w: int) -> None:
-    """Body of a test process. Never returns. Tests arrive one at a time: model code never sees a later one."""
+def _judge(test: dict[str, Any]) -> bytes:
+    """One verdict, in a fresh namespace: the prelude (trusted), the decoded values, the assert."""
+    namespace: dict[str, Any] = {"__name__": "__judge__", "__builtins__": builtins}
+    try:
+        exec(compile(test["p"], "<prelude>", "exec"), namespace)
+        namespace[VALUES_NAME] = values_getter(test["v"])
+    except BaseException as exc:
+        etype, msg = describe(exc, "<prelude>", 300)
+        return b"e" + f"JudgeFailed: {etype}".encode() + b"\n" + msg.encode("utf-8", "replace")
+    return _run_assert(test["a"], namespace)
+
+
+def _child(program: str | None, cfg: dict[str, Any], lim: dict[str, Any], res_w: int, ctl_r: int, out_w: int) -> None:
+    """Body of a test process. Never returns. Tests arrive one at a time: model code never sees a later one.
+
+    Forked ahead of its job (``program`` None), it is locked down and then waits for the program."""
     _lock_down(cfg, lim, (res_w, ctl_r), out_w)
     write_frame(res_w, b"S")
+    tests = lim["tests"]
+    if program is None:
+        head = read_exact(ctl_r, 9)
+        if head is None or head[:1] != b"P":
+            os._exit(0)
+        tests = int.from_bytes(head[5:], "big")
+        program = (read_exact(ctl_r, int.from_bytes(head[1:5], "big")) or b"").decode("utf-8", "surrogatepass")
     cpu = max(1, int(lim["cpu_seconds"] + 0.999))
-    hard_cpu = cpu * (lim["tests"] + 1) + 1  # soft limit is moved to (used + cpu) before each test
+    hard_cpu = cpu * (tests + 1) + 1  # soft limit is moved to (used + cpu) before each test
+    if cfg["judge"]:  # a long-lived judge process serves many jobs (it never runs model code)
+        hard_cpu = resource.RLIM_INFINITY
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, hard_cpu))
     flushers = [(type(stream).flush, stream) for stream in (sys.stdout, sys.stderr)]
     loads, from_bytes, exit_ = marshal.loads, int.from_bytes, os._exit
@@ -441,9 +467,12 @@ def _child(program: str, cfg: dict[str, Any], lim: dict[str, Any], res_w: int, c
         except (ValueError, OSError):
             pass
         kind = b"R" if "a" in test else b"V"
-        if cfg["judge"] and "v" in test:  # the judge never runs model code: these are plain decoded values
-            namespace[VALUES_NAME] = values_getter(test["v"])
-        body = _run_assert(test["a"], namespace) if kind == b"R" else _run_calls(test["c"], namespace)
+        if "batch" in test:  # judge workers only: every verdict of a job in one round trip
+            kind, body = b"B", marshal.dumps([_judge(t) for t in test["batch"]])
+        elif cfg["judge"]:
+            body = _judge(test)
+        else:
+            body = _run_assert(test["a"], namespace) if kind == b"R" else _run_calls(test["c"], namespace)
         _flush(flushers)
         nonce = read_exact(ctl_r, 32) or b""  # only now: the nonce is not in this process while the test ran
         write_frame(res_w, kind + nonce + body)
@@ -509,7 +538,7 @@ def kill_children() -> None:
 class TestProcess:
     """The job runner's view of one test process: its pipes, output capture and frame buffer."""
 
-    def __init__(self, program: str, lim: dict[str, Any], cfg: dict[str, Any]) -> None:
+    def __init__(self, program: str | None, lim: dict[str, Any], cfg: dict[str, Any]) -> None:
         res_r, res_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -533,6 +562,12 @@ class TestProcess:
         self.buf = bytearray()
         self.output, self.dropped, self.cap = b"", 0, lim["max_output_bytes"]
         self.exited, self.res_open, self.out_open, self.reaped = False, True, True, False
+
+    def send_program(self, program: str, tests: int, deadline: float) -> bool:
+        """Hand the program to a process forked ahead of its job (it is waiting after "S")."""
+        data = program.encode("utf-8", "surrogatepass")
+        head = b"P" + len(data).to_bytes(4, "big") + tests.to_bytes(4, "big")
+        return write_before(self.ctl, head + data, deadline)
 
     def drain_output(self) -> None:
         """Read what is available on the capture pipe, keeping at most `cap` bytes per test."""
@@ -627,6 +662,15 @@ def _command(test: dict[str, Any], nonce: bytes) -> bytes:
     return b"G" + len(payload).to_bytes(4, "big") + payload + nonce
 
 
+def _result(body: bytes) -> tuple[str, str | None, str, str | None] | None:
+    """(status, type, message, None) of an assert's result body, else None."""
+    if body[:1] not in (b"p", b"f", b"e"):
+        return None
+    raw_type, _, text = body[1:].partition(b"\n")
+    status = {b"p": "passed", b"f": "failed", b"e": "error"}[body[:1]]
+    return status, raw_type.decode("utf-8", "replace") or None, text.decode("utf-8", "replace"), None
+
+
 def _verdict(event: bytes | str, nonce: bytes, kind: bytes) -> tuple[str, str | None, str, str | None] | None:
     """(status, type, message, value) of a well-formed result frame for this nonce, else None."""
     if not isinstance(event, bytes) or event[:1] != kind or event[1:33] != nonce or len(event) < 34:
@@ -636,11 +680,7 @@ def _verdict(event: bytes | str, nonce: bytes, kind: bytes) -> tuple[str, str | 
             return "value", None, "", event[33:].decode("ascii")
         except UnicodeDecodeError:
             return None
-    if event[33:34] not in (b"p", b"f", b"e"):
-        return None
-    raw_type, _, text = event[34:].partition(b"\n")
-    status = {b"p": "passed", b"f": "failed", b"e": "error"}[event[33:34]]
-    return status, raw_type.decode("utf-8", "replace") or None, text.decode("utf-8", "replace"), None
+    return _result(event[33:])
 
 
 class Job:
@@ -667,13 +707,17 @@ class Job:
             return False
         return self.index < len(self.tests) or not self.program_done
 
-    def run(self) -> None:
+    def run(self, first: TestProcess | None = None) -> None:
+        """Run the job; `first` is a test process forked (and locked down) before the job was read."""
         while self.open():
-            proc = TestProcess(self.program, self.lim, self.cfg)
-            if proc.next_frame(time.monotonic() + self.cfg["clean_seconds"] + 5.0) != b"S":
+            proc = first or TestProcess(self.program, self.lim, self.cfg)
+            if proc.next_frame(time.monotonic() + self.cfg["clean_seconds"] + 5.0) != b"S" or (
+                proc is first and not proc.send_program(self.program, len(self.tests), self.limit()[0])
+            ):
                 code, sig, _ = proc.finish()
                 self.emit({"e": "dirty", "code": code, "signal": sig})
                 return
+            first = None
             if not self.load(proc):
                 if not self.program_done:
                     break
@@ -728,20 +772,74 @@ class Job:
             if proc.reaped:
                 return
 
+    def serve(self, proc: TestProcess | None) -> TestProcess | None:
+        """Judge workers: run the job's tests in `proc` (kept across jobs; a new one when it is gone)."""
+        self.emit({"e": "program", "status": "ok", "error": None, "output": ""})
+        self.program_done = True
+        while self.open():
+            if proc is None or proc.reaped:
+                proc = TestProcess("", self.lim, self.cfg)
+                if proc.next_frame(time.monotonic() + self.cfg["clean_seconds"] + 5.0) != b"S" or (
+                    proc.next_frame(time.monotonic() + self.timeout) != b"L"
+                ):
+                    code, sig, _ = proc.finish()
+                    self.emit({"e": "dirty", "code": code, "signal": sig})
+                    return None
+            if not (self.index == 0 and len(self.tests) > 1 and self.batch(proc)):
+                self.run_tests(proc)
+        self.emit({"e": "done"})
+        return proc
+
+    def batch(self, proc: TestProcess) -> bool:
+        """Judge workers: all verdicts in one command. False (process reaped) if that did not work in one
+        test's time; the tests are then run one by one, each with its own time limit."""
+        nonce = secrets.token_hex(16).encode()
+        deadline, what = self.limit()
+        sent = write_before(proc.ctl, _command({"batch": self.tests}, nonce), deadline)
+        event = proc.next_frame(deadline, MAX_VALUE_BYTES) if sent else "timeout"
+        results = None
+        if isinstance(event, bytes) and event[:1] == b"B" and event[1:33] == nonce:
+            bodies = marshal.loads(event[33:])  # from a process that never ran model code
+            results = [_result(body) for body in bodies] if len(bodies) == len(self.tests) else None
+        if results is None or None in results:
+            proc.failure(event, what)
+            return False
+        for status, etype, msg, _ in filter(None, results):
+            self.emit({"e": "test", "status": status, "type": etype, "msg": msg[:300], "output": "", "value": None})
+        self.index = len(self.tests)
+        return True
+
+
+def _read_job(inp: int) -> dict[str, Any] | None:
+    head = read_exact(inp, 4)
+    body = read_exact(inp, int.from_bytes(head, "big")) if head is not None else None
+    return None if body is None else dict(json.loads(body))
+
+
+def _emitter(out: int) -> Any:
+    def emit(event: dict[str, Any]) -> None:
+        write_frame(out, json.dumps(event).encode())
+
+    return emit
+
+
+def judge_loop(inp: int, out: int, cfg: dict[str, Any]) -> None:
+    """Judge workers run trusted code on plain data only, so one judge process serves job after job."""
+    proc: TestProcess | None = None
+    while (job := _read_job(inp)) is not None:
+        proc = Job(job, _emitter(out), cfg).serve(proc)
+
 
 def job_runner(inp: int, out: int, cfg: dict[str, Any]) -> int:
     """The per-job process: read ONE job, run it, exit (see the module docstring)."""
     prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of tests come back to us
     prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
-    head = read_exact(inp, 4)
-    body = read_exact(inp, int.from_bytes(head, "big")) if head is not None else None
-    if body is None:
+    first = TestProcess(None, {**cfg["limits"], "tests": 0}, cfg)  # ahead of the job, off the critical path
+    job = _read_job(inp)
+    if job is None:
+        first.finish()
         return EOF_EXIT
-
-    def emit(event: dict[str, Any]) -> None:
-        write_frame(out, json.dumps(event).encode())
-
-    Job(json.loads(body), emit, cfg).run()
+    Job(job, _emitter(out), cfg).run(first)
     return 0
 
 
@@ -772,8 +870,12 @@ def main() -> None:
         except ImportError:
             pass
     cfg["seccomp_filter"] = seccomp_program() if cfg["seccomp"] else None
+    gc.freeze()  # collections in forked processes then leave the inherited heap alone (fewer copy-on-write faults)
     ready = {"e": "ready", "uid": os.getuid(), "child_uid": cfg["child_uid"], "pid": os.getpid()}
     write_frame(out, json.dumps({**ready, "seccomp": cfg["seccomp_filter"] is not None}).encode())
+    if cfg["judge"]:
+        judge_loop(inp, out, cfg)
+        return
     while True:
         pid = os.fork()
         if pid == 0:
