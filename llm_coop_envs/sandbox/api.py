@@ -16,20 +16,26 @@ and ``judge`` (the two-process judge). Each documents its own part.
 How it works
 ------------
 Each worker is one long-lived, warm Python fork server inside a bubblewrap sandbox (or, as a weaker fallback,
-a plain subprocess). Per job it forks a fresh *job runner* (so a job never sees an earlier job's data), which
-forks a *test process* that locks itself down, loads the program and then runs the tests one at a time on
-command. With ``call_names`` (the coding env always sets them) only the calls of the named functions run
-there, and each assert is decided by a second sandbox worker that never runs model code, from the returned
-values as plain data (:mod:`llm_coop_envs.sandbox.judge`). A test passes only on a well-formed, in-order
-result frame carrying the per-test nonce; exits, crashes, kills, printing or malformed frames never pass.
+a plain subprocess). The server never reads a job: per job it forks a fresh *job runner*, which forks its
+first *test process* before it reads the job, so no process that runs model code ever held an earlier job.
+The test process locks itself down, loads the program and then runs the tests one at a time on command.
+With ``call_names`` (the coding env always sets them) only the calls of the named functions run there, and
+each assert is decided in a separate judge worker that never runs model code, from the returned values as
+plain data (:mod:`llm_coop_envs.sandbox.judge`; one long-lived judge process per judge worker takes all the
+verdicts of a job in one command). A result counts only from a well-formed, in-order frame carrying the
+per-test nonce; exits, crashes, kills, printing or malformed frames never pass. A worker that dies, stops
+answering, breaks the protocol or cannot clear its private tmp is retired and replaced, and reports it
+produced are not cached (a job whose first process could not even start runs once more on a fresh worker).
 
-Time bound of one job: each phase (program load, one test) has ``test_timeout_s``; the job has
-``TestJob.budget_s`` (default ``test_timeout_s * (max_timeouts + 1)``, 40 s in the coding env) for the
-program's phase and the same again for the verdict phase; tests that time out, die or break the protocol count
-towards ``max_timeouts``. The host kills a worker that is silent for ``2 * test_timeout_s + 15`` s or runs
-past ``budget_s + 15`` s. So one job takes at most ``2 * (budget_s + 15)`` s plus worker start-up (under a
-second) and at most one retry on a fresh worker when the first one failed before the program ran. One
-``CodingEnv.step`` runs two jobs per joint action (the combined program and aux alone) over the pool.
+Time bound of one job: each phase (program load, one test) has ``test_timeout_s``, and the job has
+``TestJob.budget_s`` (default ``test_timeout_s * (max_timeouts + 1)``: 40 s in the coding env); tests that
+time out, die or break the protocol all count towards ``max_timeouts``. The host kills a worker that is silent
+for ``2 * test_timeout_s + 15`` s or runs past ``budget_s + 15`` s. So the program's phase of a job ends
+within ``budget_s + 15`` s and the verdicts within as much again (in practice milliseconds), plus worker
+start-up (about 0.1 s) and, at most once, a first attempt that failed before the program ran (under 10 s).
+``CodingEnv.step`` runs a joint action's two jobs (the combined program, aux alone) concurrently when the
+pool has two workers, so one step is bounded by about ``2 * (budget_s + 15) + 10`` s, 120 s with the
+defaults; the hostile program of issue 12 that took 133 s now takes about the budget (see the bench notes).
 
 Isolation, bubblewrap backend (``backend="bwrap"``)
   * new pid (the server is pid 1: nothing inside can signal it), net, ipc, uts (and cgroup where possible)
@@ -58,14 +64,21 @@ under your own uid it can read your files. Do not use it for untrusted output on
 
 Remaining risks (honest list)
   * Tests the judge cannot split, and every test of a job without ``call_names``, run inside the program's
-    process and can be forged by a program written against this harness (it can find the result pipe and
-    the nonce by introspection). The coding env reports how many in ``breakdown["tests_unsplit"]``.
-  * The program's process can read (not change) the call arguments of the job's tests it has been sent,
-    and the text of its unsplit tests once sent; expected values of split tests are never there.
-  * Memory is bounded per process times processes, not per tree (no cgroup); kernel memory used by the
-    inodes of the private tmp is bounded only by the cleanup deadline (a flood that cannot be cleared in
-    4 s retires the worker) and the job's time, not by an inode limit (bwrap 0.8 cannot set nr_inodes).
+    process and can be forged by a program written against this harness (it can read the nonce from its
+    command pipe and write a result frame; a test shows it). The coding env reports how many such tests a
+    score had in ``breakdown["tests_unsplit"]`` (none of the 1,128 asserts extracted from HumanEval).
+  * The program's process can read the call arguments of the split tests it was sent. A test process
+    started again after a test ended the previous one is forked from the job runner, which has read the
+    job, so it can also read the call arguments of all split tests and the full text of the unsplit ones
+    (the first test process of a job is forked before the job is read). Expected values of split tests are
+    never in any process that runs model code.
+  * Memory is bounded per process times processes, not per tree (no cgroup is used); the inodes of the
+    private tmp are bounded only by the cleanup deadline (a tmp that cannot be cleared in 4 s retires the
+    worker) and the job's time, not by an inode limit (bubblewrap 0.8 cannot set tmpfs ``nr_inodes``).
   * The seccomp filter exists for x86_64 only; elsewhere the keyring, SysV IPC and namespaces are reachable.
+  * The subprocess backend does not kill a ``setsid`` grandchild that outlives a killed server when model
+    code runs under the caller's own uid (it can kill every process of that uid anyway).
+  * Plain-data results only: a correct function returning a custom class or, say, a numpy array fails.
   * In bwrap the model sees the interpreter's own site-packages (read-only), not a virtualenv's.
 """
 

@@ -5,18 +5,22 @@ Trusted code. Process tree of one worker (bubblewrap backend; the server is pid 
     server (template: never reads a job)  --fork per job-->  job runner  --fork-->  test process (model code)
 
 * The **server** starts, preloads common modules, reports "ready" and then only forks one *job runner* per
-  job and waits for it. It never reads job data, so every job's test processes descend from a template that
-  never held an earlier job's program or tests. Being pid 1, it cannot be signalled from inside the sandbox.
-* The **job runner** reads one job from stdin, runs it and exits. It forks the test processes; after each one
-  it kills everything left in the sandbox (``kill(-1)`` spares only pid 1 and itself; subprocess backend:
-  a child-subreaper plus a /proc scan) and reaps it. Tests that time out, die or break the protocol count
-  against the job's ``max_timeouts`` and every test deadline is capped by the job's wall budget.
+  job and waits for it. It never reads job data. Being pid 1, it cannot be signalled from inside.
+* The **job runner** forks its first test process, only then reads one job from stdin, runs it and exits.
+  So the first test process of every job never held any job's data; later ones (after a test ended its
+  process) are forked from the runner and hold only this job's. After each test process it kills
+  everything left in the sandbox (``kill(-1)`` spares only pid 1 and itself; subprocess backend: a
+  child-subreaper plus a /proc scan) and reaps it. Tests that time out, die or break the protocol count
+  against the job's ``max_failures`` and every deadline is capped by the job's wall budget.
 * A **test process** drops to the sandbox uid, clears the private tmp with directory file descriptors
   (any depth, no path length limit; a tmp that cannot be cleared in time makes it exit ``DIRTY`` before any
   model code ran, and the host retires the worker), applies rlimits and a seccomp filter (no keyring, no
   SysV IPC or POSIX message queues, no new namespaces), reports "S" (set up), runs the program ("L" loaded
   or "P" program error) and then one test per command from the runner. A test is either an assert (run
   in-process, verdict "R") or a list of calls (the judge's split form, values returned as plain data "V").
+* **Judge workers** (``judge`` in the config) never receive model code: the server itself serves job after
+  job with one long-lived test process that evaluates asserts on decoded plain values (all of a job's
+  verdicts in one "B" command, or one by one when that fails).
 
 Wire format everywhere: 4-byte big-endian length + payload. Values use the tagged JSON of
 :func:`encode_value`; :func:`decode_value` accepts exactly what it produces.

@@ -524,11 +524,11 @@ def test_a_poisoned_tmp_does_not_change_later_scores(problem_file) -> None:
 
 
 def test_one_step_is_bounded_in_time(problem_file) -> None:
-    slow = "import time\ndef add_all(xs, _=time.sleep(0.45)):\n    time.sleep(0.45)\n    import os\n    os._exit(1)"
+    slow = "def add_all(xs, _=__import__('time').sleep(0.45)):\n    __import__('time').sleep(0.45)\n    __import__('os')._exit(1)\n    return 0"
     env = CodingEnv(problem_file, test_timeout_s=0.5, max_timeouts=3)
     start = time.monotonic()
     s = score(env, AUX2, slow)
-    assert s.breakdown["tests_passed"] == 0
+    assert s.breakdown["program_status"] == "ok" and s.breakdown["tests_passed"] == 0
     assert time.monotonic() - start < 0.5 * 4 + 3.0  # the job's budget, plus start-up
 
 
