@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Floor job: install llm_coop_envs with exactly the lowest dependency versions it claims to support
 # (constraints-min.txt) in a throwaway virtualenv, then import it and run the env tests with them.
-# Needs python3 with pip and bubblewrap (bwrap) for the coding env's sandbox; .ci/run installs bwrap.
+# Needs python3 (or $PYTHON) with pip, and bubblewrap (bwrap) for the coding env's sandbox (.ci/run installs
+# it). The floors ship wheels for Python 3.10 and 3.11 only (numpy 1.23.2); the job refuses newer Pythons
+# rather than build numpy from source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 start=$SECONDS
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 11))'; then
+  echo "min_versions: $("$PYTHON" --version 2>&1): the floors in constraints-min.txt need Python 3.10 or 3.11;" \
+    "run with PYTHON=python3.11" >&2
+  exit 2
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/llm-coop-min.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
@@ -13,18 +21,19 @@ venv=$tmp/venv
 
 # python3 -m venv needs ensurepip, which some distributions ship separately (python3-venv): without it,
 # make a venv without pip and drive the host's pip at it.
-if [ -z "${MIN_VERSIONS_NO_ENSUREPIP:-}" ] && python3 -m venv "$venv" >/dev/null 2>&1; then
+if [ -z "${MIN_VERSIONS_NO_ENSUREPIP:-}" ] && "$PYTHON" -m venv "$venv" >/dev/null 2>&1; then
   pip=("$venv/bin/python" -m pip)
 else
   rm -rf "$venv"
-  python3 -m venv --without-pip "$venv"
-  pip=(python3 -m pip --python "$venv/bin/python")
+  "$PYTHON" -m venv --without-pip "$venv"
+  pip=("$PYTHON" -m pip --python "$venv/bin/python")
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 floors=$(grep -Ev '^[[:space:]]*(#|$)' constraints-min.txt)
+# Wheels only: a floor without a wheel for this Python fails here instead of compiling for minutes.
 # shellcheck disable=SC2086
-"${pip[@]}" install -q $floors "pytest>=8"
+"${pip[@]}" install -q --only-binary=:all: $floors "pytest>=8"
 "${pip[@]}" install -q --no-deps -e "$repo"
 
 # Every floor must be installed exactly (a transitive requirement could have pulled a newer one).
