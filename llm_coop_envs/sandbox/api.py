@@ -16,9 +16,9 @@ and ``judge`` (the two-process judge). Each documents its own part.
 How it works
 ------------
 Each worker is one long-lived, warm Python fork server inside a bubblewrap sandbox (or, as a weaker fallback,
-a plain subprocess). The server never reads a job: per job it forks a fresh *job runner*, which forks its
-first *test process* before it reads the job, so no process that runs model code ever held an earlier job.
-The test process locks itself down, loads the program and then runs the tests one at a time on command.
+a plain subprocess). The server never reads a program or a test: before each job it forks a *test process*,
+which locks itself down and then reads the job itself, so no process that runs model code ever held an
+earlier job. It loads the program and then runs the tests one at a time on command from the server.
 With ``call_names`` (the coding env always sets them) only the calls of the named functions run there, and
 each assert is decided in a separate judge worker that never runs model code, from the returned values as
 plain data (:mod:`llm_coop_envs.sandbox.judge`; one long-lived judge process per judge worker takes all the
@@ -67,11 +67,9 @@ Remaining risks (honest list)
     process and can be forged by a program written against this harness (it can read the nonce from its
     command pipe and write a result frame; a test shows it). The coding env reports how many such tests a
     score had in ``breakdown["tests_unsplit"]`` (none of the 1,128 asserts extracted from HumanEval).
-  * The program's process can read the call arguments of the split tests it was sent. A test process
-    started again after a test ended the previous one is forked from the job runner, which has read the
-    job, so it can also read the call arguments of all split tests and the full text of the unsplit ones
-    (the first test process of a job is forked before the job is read). Expected values of split tests are
-    never in any process that runs model code.
+  * The program's process holds its own job: the program, the call arguments (and needed setup) of every
+    split test and the full text of the unsplit ones. Expected values of split tests are never in any
+    process that runs model code.
   * Memory is bounded per process times processes, not per tree (no cgroup is used); the inodes of the
     private tmp are bounded only by the cleanup deadline (a tmp that cannot be cleared in 4 s retires the
     worker) and the job's time, not by an inode limit (bubblewrap 0.8 cannot set tmpfs ``nr_inodes``).

@@ -319,16 +319,22 @@ def run_on_worker(worker: Worker, job: WireJob, limits: Limits, backend: str) ->
             values.append(event.get("value") if event.get("status") == "value" else None)
         elif kind == "done" and program is not None:
             break
+        elif kind == "resend":  # a fresh test process (after a test ended the last one) reads the job again
+            if not worker.send(job.payload(limits)):
+                return RawReport(died_report(program, outcomes, len(job.tests), backend), _pad(values, job)), False
         elif kind == "dirty" and program is None:  # before the program ran: not the job's doing
             raise Retry(f"a test process died before loading the program: {event}")
         else:
-            values += [None] * (len(job.tests) - len(values))
-            return RawReport(died_report(program, outcomes, len(job.tests), backend), tuple(values)), False
+            return RawReport(died_report(program, outcomes, len(job.tests), backend), _pad(values, job)), False
     rest = len(job.tests) - len(outcomes)
     outcomes += [TestOutcome("not_run", None, "not run")] * rest
     values += [None] * rest
     report = JobReport(program["status"], program["error"], tuple(outcomes), backend, False, program["output"])
     return RawReport(report, tuple(values)), True
+
+
+def _pad(values: list[str | None], job: WireJob) -> tuple[str | None, ...]:
+    return tuple(values) + (None,) * (len(job.tests) - len(values))
 
 
 _STATUSES = ("passed", "failed", "error", "timeout", "value")

@@ -2,25 +2,28 @@
 
 Trusted code. Process tree of one worker (bubblewrap backend; the server is pid 1 of its pid namespace)::
 
-    server (template: never reads a job)  --fork per job-->  job runner  --fork-->  test process (model code)
+    server (never reads a program or a test)  --fork before each job-->  test process (reads the job itself)
 
-* The **server** starts, preloads common modules, reports "ready" and then only forks one *job runner* per
-  job and waits for it. It never reads job data. Being pid 1, it cannot be signalled from inside.
-* The **job runner** forks its first test process, only then reads one job from stdin, runs it and exits.
-  So the first test process of every job never held any job's data; later ones (after a test ended its
-  process) are forked from the runner and hold only this job's. After each test process it kills
-  everything left in the sandbox (``kill(-1)`` spares only pid 1 and itself; subprocess backend: a
-  child-subreaper plus a /proc scan) and reaps it. Tests that time out, die or break the protocol count
-  against the job's ``max_failures`` and every deadline is capped by the job's wall budget.
+* The **server** starts, preloads common modules and reports "ready". Before each job it forks a *test
+  process*, which locks itself down and then reads the job from stdin itself, so the server never holds a
+  program or a test, and every test process is forked from a template that never held any job. The test
+  process tells the server only what it needs to supervise ("H": the kind of each test, time limits). The
+  server then drives the tests by index, with a fresh nonce each, enforces the wall-clock limits and the
+  job's budget, and after each test process kills everything left in the sandbox (``kill(-1)`` spares only
+  pid 1, itself; subprocess backend: a child-subreaper plus a /proc scan) and reaps it. When a test ends
+  its process, a new one is forked and the host sends the job again ("resend"). Tests that time out, die
+  or break the protocol count against the job's ``max_failures``. Being pid 1, the server cannot be
+  signalled from inside the sandbox.
 * A **test process** drops to the sandbox uid, clears the private tmp with directory file descriptors
   (any depth, no path length limit; a tmp that cannot be cleared in time makes it exit ``DIRTY`` before any
   model code ran, and the host retires the worker), applies rlimits and a seccomp filter (no keyring, no
-  SysV IPC or POSIX message queues, no new namespaces), reports "S" (set up), runs the program ("L" loaded
-  or "P" program error) and then one test per command from the runner. A test is either an assert (run
-  in-process, verdict "R") or a list of calls (the judge's split form, values returned as plain data "V").
-* **Judge workers** (``judge`` in the config) never receive model code: the server itself serves job after
-  job with one long-lived test process that evaluates asserts on decoded plain values (all of a job's
-  verdicts in one "B" command, or one by one when that fails).
+  SysV IPC or POSIX message queues, no new namespaces), reports "S" (set up), reads its job and closes
+  stdin, runs the program ("L" loaded or "P" program error) and then one test per command. A test is either
+  an assert (run in-process, verdict "R") or a list of calls (the judge's split form, values as plain data
+  "V"); the job sent here never holds an expected value of a split test.
+* **Judge workers** (``judge`` in the config) never receive model code: the server reads their jobs and
+  serves job after job with one long-lived test process that evaluates asserts on decoded plain values
+  (all of a job's verdicts in one "B" command, or one by one when that fails).
 
 Wire format everywhere: 4-byte big-endian length + payload. Values use the tagged JSON of
 :func:`encode_value`; :func:`decode_value` accepts exactly what it produces.
@@ -45,7 +48,7 @@ from typing import Any
 
 DIRTY = 71  # test process: the private tmp could not be cleared; the worker must be retired
 BROKEN = 70  # test process: its own set-up failed before the program was loaded
-EOF_EXIT = 3  # job runner: stdin reached EOF, the server should exit
+EOF_EXIT = 3  # test process: stdin reached EOF before a job, the server should exit
 MAX_RESULT_FRAME = 1 << 16
 MAX_VALUE_BYTES = 4 << 20
 MAX_VALUE_DEPTH = 100
@@ -342,7 +345,7 @@ def describe(exc: BaseException, filename: str, limit: int) -> tuple[str, str]:
 def _lock_down(cfg: dict[str, Any], lim: dict[str, Any], keep: tuple[int, ...], out_w: int) -> None:
     """Everything before model code: session, fds, uid, tmp cleared, rlimits, seccomp. Exits on failure."""
     os.setsid()
-    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the job runner
+    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out_w, 1)
@@ -429,21 +432,32 @@ def _judge(test: dict[str, Any]) -> bytes:
     return _run_assert(test["a"], namespace)
 
 
-def _child(program: str | None, cfg: dict[str, Any], lim: dict[str, Any], res_w: int, ctl_r: int, out_w: int) -> None:
-    """Body of a test process. Never returns. Tests arrive one at a time: model code never sees a later one.
+def _read_own_job(inp: int, res_w: int) -> tuple[str, list[dict[str, Any]]]:
+    """Program workers: the test process reads its job from the server's stdin itself (so the server never
+    holds a program or a test), tells the server what it needs to supervise ("H"), and closes stdin."""
+    head = read_exact(inp, 4)
+    body = read_exact(inp, int.from_bytes(head, "big")) if head is not None else None
+    os.close(inp)
+    if body is None:
+        os._exit(EOF_EXIT)
+    job = json.loads(body)
+    kinds = "".join("a" if "a" in test else "c" for test in job["tests"])
+    meta = {"kinds": kinds, "timeout": job["timeout"], "budget": job["budget"], "max_failures": job["max_failures"]}
+    write_frame(res_w, b"H" + json.dumps(meta).encode())
+    return job["program"], job["tests"]
 
-    Forked ahead of its job (``program`` None), it is locked down and then waits for the program."""
-    _lock_down(cfg, lim, (res_w, ctl_r), out_w)
+
+def _child(
+    program: str | None, cfg: dict[str, Any], lim: dict[str, Any], res_w: int, ctl_r: int, out_w: int, inp: int
+) -> None:
+    """Body of a test process. Never returns. ``program`` None: it reads its own job (:func:`_read_own_job`)."""
+    _lock_down(cfg, lim, (res_w, ctl_r, inp) if program is None else (res_w, ctl_r), out_w)
     write_frame(res_w, b"S")
-    tests = lim["tests"]
+    job_tests: list[dict[str, Any]] = []
     if program is None:
-        head = read_exact(ctl_r, 9)
-        if head is None or head[:1] != b"P":
-            os._exit(0)
-        tests = int.from_bytes(head[5:], "big")
-        program = (read_exact(ctl_r, int.from_bytes(head[1:5], "big")) or b"").decode("utf-8", "surrogatepass")
+        program, job_tests = _read_own_job(inp, res_w)
     cpu = max(1, int(lim["cpu_seconds"] + 0.999))
-    hard_cpu = cpu * (tests + 1) + 1  # soft limit is moved to (used + cpu) before each test
+    hard_cpu = cpu * (len(job_tests) + 1) + 1  # soft limit is moved to (used + cpu) before each test
     if cfg["judge"]:  # a long-lived judge process serves many jobs (it never runs model code)
         hard_cpu = resource.RLIM_INFINITY
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, hard_cpu))
@@ -464,6 +478,8 @@ def _child(program: str | None, cfg: dict[str, Any], lim: dict[str, Any], res_w:
         if head is None or head[:1] != b"G":
             exit_(0)
         test = loads(read_exact(ctl_r, from_bytes(head[1:], "big")) or b"N")
+        if "i" in test:  # program workers send the index of a test this process read with its job
+            test = job_tests[test["i"]]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         try:
             used = int(usage.ru_utime + usage.ru_stime)
@@ -490,7 +506,7 @@ def _flush(flushers: list[Any], _base: Any = BaseException) -> None:
             pass
 
 
-# ----------------------------------------------------------------------------- the job runner
+# ----------------------------------------------------------------------------- supervising test processes
 def reap(pid: int, cfg: dict[str, Any]) -> tuple[int, float]:
     """Kill the test's process group and every straggler, reap everything; return (wait status, cpu s)."""
     try:
@@ -540,9 +556,9 @@ def kill_children() -> None:
 
 
 class TestProcess:
-    """The job runner's view of one test process: its pipes, output capture and frame buffer."""
+    """The server's view of one test process: its pipes, output capture and frame buffer."""
 
-    def __init__(self, program: str | None, lim: dict[str, Any], cfg: dict[str, Any]) -> None:
+    def __init__(self, program: str | None, lim: dict[str, Any], cfg: dict[str, Any], inp: int = -1) -> None:
         res_r, res_w = os.pipe()
         ctl_r, ctl_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -551,7 +567,7 @@ class TestProcess:
             try:
                 for fd in (res_r, ctl_w, out_r):
                     os.close(fd)
-                _child(program, cfg, lim, res_w, ctl_r, out_w)
+                _child(program, cfg, lim, res_w, ctl_r, out_w, inp)
             finally:
                 os._exit(BROKEN)
         for fd in (res_w, ctl_r, out_w):
@@ -566,12 +582,6 @@ class TestProcess:
         self.buf = bytearray()
         self.output, self.dropped, self.cap = b"", 0, lim["max_output_bytes"]
         self.exited, self.res_open, self.out_open, self.reaped = False, True, True, False
-
-    def send_program(self, program: str, tests: int, deadline: float) -> bool:
-        """Hand the program to a process forked ahead of its job (it is waiting after "S")."""
-        data = program.encode("utf-8", "surrogatepass")
-        head = b"P" + len(data).to_bytes(4, "big") + tests.to_bytes(4, "big")
-        return write_before(self.ctl, head + data, deadline)
 
     def drain_output(self) -> None:
         """Read what is available on the capture pipe, keeping at most `cap` bytes per test."""
@@ -660,7 +670,7 @@ class TestProcess:
         return "error", "EarlyExit", f"process exited with status {code} before finishing"
 
 
-# ----------------------------------------------------------------------------- the job runner proper
+# ----------------------------------------------------------------------------- running jobs
 def _command(test: dict[str, Any], nonce: bytes) -> bytes:
     payload = marshal.dumps(test)
     return b"G" + len(payload).to_bytes(4, "big") + payload + nonce
@@ -690,9 +700,10 @@ def _verdict(event: bytes | str, nonce: bytes, kind: bytes) -> tuple[str, str | 
 class Job:
     """One job: the program, then the tests in order, in as few test processes as possible."""
 
-    def __init__(self, job: dict[str, Any], emit: Any, cfg: dict[str, Any]) -> None:
+    def __init__(self, job: dict[str, Any], emit: Any, cfg: dict[str, Any], inp: int = -1) -> None:
         self.program, self.tests, self.timeout = job["program"], job["tests"], job["timeout"]
-        self.lim = {**job["limits"], "tests": len(job["tests"])}
+        self.lim = {**cfg["limits"], "tests": len(job["tests"])}
+        self.inp = inp
         self.max_failures, self.emit, self.cfg = job["max_failures"], emit, cfg
         self.deadline = time.monotonic() + job["budget"]
         self.budget = job["budget"]
@@ -711,16 +722,25 @@ class Job:
             return False
         return self.index < len(self.tests) or not self.program_done
 
-    def run(self, first: TestProcess | None = None) -> None:
-        """Run the job; `first` is a test process forked (and locked down) before the job was read."""
+    def respawn(self) -> TestProcess | None:
+        """A fresh test process that has read the job again (the host resends it); None: the worker is dirty."""
+        proc = TestProcess(None, self.lim, self.cfg, self.inp)
+        if proc.next_frame(time.monotonic() + self.cfg["clean_seconds"] + 5.0) != b"S":
+            code, sig, _ = proc.finish()
+            self.emit({"e": "dirty", "code": code, "signal": sig})
+            return None
+        self.emit({"e": "resend"})
+        return proc
+
+    def run(self, first: TestProcess | None) -> None:
+        """Run the job; `first` is the test process that read it (forked before the job existed)."""
         while self.open():
-            proc = first or TestProcess(self.program, self.lim, self.cfg)
-            if proc.next_frame(time.monotonic() + self.cfg["clean_seconds"] + 5.0) != b"S" or (
-                proc is first and not proc.send_program(self.program, len(self.tests), self.limit()[0])
-            ):
-                code, sig, _ = proc.finish()
-                self.emit({"e": "dirty", "code": code, "signal": sig})
+            proc = first or self.respawn()
+            if proc is None:
                 return
+            if proc is not first and not isinstance(header := proc.next_frame(self.limit()[0]), bytes):
+                self.fail_load(proc, header)
+                continue
             first = None
             if not self.load(proc):
                 if not self.program_done:
@@ -729,6 +749,12 @@ class Job:
             self.run_tests(proc)
             proc.finish()
         self.emit({"e": "done"})
+
+    def fail_load(self, proc: TestProcess, event: bytes | str) -> None:
+        status, etype, msg = proc.failure(event, self.limit()[1])
+        self.emit({"e": "test", "status": status, "type": etype, "msg": msg[:300], "output": ""})
+        self.failures += 1
+        self.index += 1
 
     def load(self, proc: TestProcess) -> bool:
         """Wait for the program to load; emit the program event (first time) or the failed test."""
@@ -834,25 +860,26 @@ def judge_loop(inp: int, out: int, cfg: dict[str, Any]) -> None:
         proc = Job(job, _emitter(out), cfg).serve(proc)
 
 
-def job_runner(inp: int, out: int, cfg: dict[str, Any]) -> int:
-    """The per-job process: read ONE job, run it, exit (see the module docstring)."""
-    prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of tests come back to us
-    prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
-    first = TestProcess(None, {**cfg["limits"], "tests": 0}, cfg)  # ahead of the job, off the critical path
-    job = _read_job(inp)
-    if job is None:
-        first.finish()
-        return EOF_EXIT
-    Job(job, _emitter(out), cfg).run(first)
-    return 0
-
-
-def _wait_for(pid: int) -> int:
-    """Wait for `pid`, reaping any other child on the way; its wait status."""
+def serve_jobs(inp: int, out: int, cfg: dict[str, Any]) -> None:
+    """Program workers: before each job, fork the test process that will read it; supervise the job."""
+    emit = _emitter(out)
     while True:
-        wpid, status = os.waitpid(-1, 0)
-        if wpid == pid:
-            return status
+        first = TestProcess(None, {**cfg["limits"], "tests": 0}, cfg, inp)
+        if first.next_frame(time.monotonic() + cfg["clean_seconds"] + 5.0) != b"S":
+            first.finish()
+            emit({"e": "dirty"})
+            return
+        header: bytes | str = "timeout"
+        while header == "timeout":  # waits for the next job (or the end of stdin)
+            header = first.next_frame(time.monotonic() + 3600.0)
+        if not (isinstance(header, bytes) and header[:1] == b"H"):
+            code, _, _ = first.finish()
+            if code != EOF_EXIT:
+                emit({"e": "dirty", "code": code})
+            return
+        meta = json.loads(header[1:])
+        tests = [{("a" if kind == "a" else "c"): None, "i": i} for i, kind in enumerate(meta["kinds"])]
+        Job({**meta, "program": None, "tests": tests}, emit, cfg, inp).run(first)
 
 
 def main() -> None:
@@ -862,7 +889,7 @@ def main() -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1, a signal without a handler cannot reach us
-    prctl(36, 1)  # PR_SET_CHILD_SUBREAPER (subprocess backend: strays of a dead job runner)
+    prctl(36, 1)  # PR_SET_CHILD_SUBREAPER (orphans of test processes come back to us)
     prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace / /proc/<pid>/fd access by same-uid children
     if not cfg["kill_all"]:
         prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (bwrap gives us --die-with-parent instead)
@@ -880,17 +907,7 @@ def main() -> None:
     if cfg["judge"]:
         judge_loop(inp, out, cfg)
         return
-    while True:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = job_runner(inp, out, cfg)
-            finally:
-                os._exit(code)
-        status = _wait_for(pid)
-        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
-            return
+    serve_jobs(inp, out, cfg)
 
 
 if __name__ == "__main__":

@@ -421,7 +421,7 @@ FORGERS = {
         "        if type(obj) is dict and type(obj.get('a')) is str:\n"
         "            obj['a'] = 'pass'\n"
         "        if type(obj) is dict and type(obj.get('c')) is dict:\n"
-        "            obj['c']['calls'] = ['True'] * len(obj['c']['calls'])\n"
+        "            obj['c']['calls'] = ['-1'] * len(obj['c']['calls'])\n"
         "    return -1"
     ),
     "always-true __eq__": (
@@ -486,6 +486,13 @@ def test_wrong_values_never_get_test_credit(tiny, name: str) -> None:
     assert b["tests_passed"] == 0 and b["level3"] == 0.0 and s.joint <= 1.5, (name, b)
     assert b["tests_unsplit"] == 0
     assert score(tiny, AUX2, MAIN_FOLD).joint == 4.0  # and nothing carried over to the next scores
+
+
+def test_rewriting_its_own_calls_is_no_better_than_returning_that_value(tiny) -> None:
+    """The program's process may rewrite what it evaluates, but only ever reports values (True == 1 here)."""
+    rewrite = FORGERS["rewrite every test-like string container found by gc"].replace("['-1']", "['True']")
+    returning_true = score(tiny, AUX2, "def add_all(xs):\n    return True")
+    assert score(tiny, AUX2, rewrite).breakdown["tests_passed"] == returning_true.breakdown["tests_passed"] == 1
 
 
 def test_hidden_tests_cannot_be_read_into_feedback(problem_file) -> None:
