@@ -656,3 +656,34 @@ def test_the_program_process_never_holds_expected_values(box: Sandbox) -> None:
     report = box.run(TestJob(textwrap.dedent(program), tests, call_names=("found", "g")))
     assert [o.status for o in report.outcomes] == ["passed", "failed"], report
     assert report.tests_unsplit == 0
+
+
+def test_setsid_grandchildren_die_even_when_the_server_is_killed(box: Sandbox) -> None:
+    marker = f"llm-coop-setsid-{os.getpid()}-{box.backend}"
+    program = f"""
+    import os, signal, time
+    def f():
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execvp("sleep", ["sleep", "30", "{marker}"])
+            os._exit(0)
+        time.sleep(0.3)
+        os.kill(os.getppid(), signal.SIGKILL)  # the server (bwrap: pid 1 of the sandbox, which ignores it)
+        return 1
+    """
+
+    def alive() -> int:
+        found = 0
+        for pid in os.listdir("/proc"):
+            try:
+                found += marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+        return found
+
+    run_hostile(box, program, ("assert f() == 2",), timeout=3)
+    deadline = time.monotonic() + 5
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive() == 0

@@ -58,7 +58,8 @@ Isolation, bubblewrap backend (``backend="bwrap"``)
 Isolation, subprocess backend (``backend="subprocess"``; weak, used only on request or, with a loud
 RuntimeWarning, when bubblewrap is unusable): scrubbed environment, private temp cwd, new session, rlimits,
 the same seccomp filter; test processes drop to uid 65534 only when running as root and the interpreter is
-readable by that uid. When it would run model code as root, it refuses unless ``allow_unsafe_root=True``.
+readable by that uid, and the server runs under a reaper that kills every descendant (``setsid`` ones too)
+when the server ends. When it would run model code as root, it refuses unless ``allow_unsafe_root=True``.
 It has no network or filesystem namespace: code can reach the network and write wherever its uid may, and
 under your own uid it can read your files. Do not use it for untrusted output on a machine you care about.
 
@@ -74,8 +75,9 @@ Remaining risks (honest list)
     private tmp are bounded only by the cleanup deadline (a tmp that cannot be cleared in 4 s retires the
     worker) and the job's time, not by an inode limit (bubblewrap 0.8 cannot set tmpfs ``nr_inodes``).
   * The seccomp filter exists for x86_64 only; elsewhere the keyring, SysV IPC and namespaces are reachable.
-  * The subprocess backend does not kill a ``setsid`` grandchild that outlives a killed server when model
-    code runs under the caller's own uid (it can kill every process of that uid anyway).
+  * Subprocess backend: a child-subreaper process above the server kills every descendant (``setsid`` ones
+    too) when the server ends; but model code running under the caller's own uid can kill that reaper,
+    and every other process of the uid, itself.
   * Plain-data results only: a correct function returning a custom class or, say, a numpy array fails.
   * In bwrap the model sees the interpreter's own site-packages (read-only), not a virtualenv's.
 """

@@ -203,7 +203,7 @@ class Worker:
             assert self.tmpdir is not None
             if cfg["child_uid"] is not None:
                 os.chown(self.tmpdir, _NOBODY, _NOBODY)
-            argv = [_interpreter()[0], "-I", "-B", _SERVER_FILE]
+            argv = [_interpreter()[0], "-I", "-B", _SERVER_FILE, "--reaper"]  # the server runs under a reaper
             env, cwd = minimal_env(self.tmpdir), self.tmpdir
         self.child_uid = cfg["child_uid"]
         self.proc = subprocess.Popen(
@@ -259,7 +259,14 @@ class Worker:
             self._buf += chunk
 
     def kill(self) -> None:
-        """Kill the worker and everything in its session; idempotent."""
+        """Kill the worker and everything in its session; idempotent. Subprocess backend: SIGTERM first, so
+        the reaper kills every descendant (also ``setsid`` ones) before it exits."""
+        if self.proc.poll() is None and self.tmpdir is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

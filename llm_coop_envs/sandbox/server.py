@@ -882,6 +882,45 @@ def serve_jobs(inp: int, out: int, cfg: dict[str, Any]) -> None:
         Job({**meta, "program": None, "tests": tests}, emit, cfg, inp).run(first)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise _Stop
+
+
+def reaper(config: str) -> None:
+    """Subprocess backend: a child-subreaper that outlives the server. It runs the server as its child and,
+    when the server ends for any reason (or the host sends SIGTERM, or dies), kills every descendant left,
+    including ``setsid`` ones (orphans are reparented to us), before exiting."""
+    prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    signal.signal(signal.SIGTERM, _stop)
+    prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the host died, so sweep too
+    if os.getppid() != json.loads(config)["parent"]:
+        os._exit(0)
+    pid = os.fork()
+    if pid == 0:
+        sys.argv[1:] = [config]
+        code = 1
+        try:
+            main()
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        os.waitpid(pid, 0)
+    except _Stop:
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        kill_children()
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     inp, out = os.dup(0), os.dup(1)
@@ -892,9 +931,7 @@ def main() -> None:
     prctl(36, 1)  # PR_SET_CHILD_SUBREAPER (orphans of test processes come back to us)
     prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace / /proc/<pid>/fd access by same-uid children
     if not cfg["kill_all"]:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (bwrap gives us --die-with-parent instead)
-        if os.getppid() != cfg["parent"]:
-            os._exit(0)
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the reaper (bwrap: --die-with-parent instead)
     for name in cfg["preload"]:
         try:
             __import__(name)
@@ -911,4 +948,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "--reaper":
+        reaper(sys.argv[2])
+    else:
+        main()
