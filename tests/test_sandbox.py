@@ -526,7 +526,7 @@ def test_a_tmp_that_cannot_be_cleared_retires_the_worker(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(pool, "CLEAN_SECONDS", 0.05)  # workers started from now on give up after 50 ms
     backend = "bwrap" if bwrap_available() else "subprocess"
-    with make_box(backend, workers=1) as small:
+    with make_box(backend, workers=1, limits=Limits(tmp_inodes=100_000)) as small:
         flood = "import os\ndef f():\n    for i in range(40000):\n        open(str(i), 'w').close()\n    return 0\n"
         assert small.run(TestJob(flood, ("assert f() == 0",), test_timeout_s=20)).passed == 1
         first = worker_pids(small)
@@ -687,3 +687,40 @@ def test_setsid_grandchildren_die_even_when_the_server_is_killed(box: Sandbox) -
     while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert alive() == 0
+
+
+@pytest.mark.skipif(not bwrap_available() or os.geteuid() != 0, reason="inode limit: bubblewrap run as root only")
+def test_the_private_tmp_has_an_inode_limit() -> None:
+    program = """
+    import os
+    def flood():
+        made = 0
+        try:
+            while True:
+                open(str(made), "w").close()
+                made += 1
+        except OSError as error:
+            return made, error.errno
+    """
+    with make_box("bwrap", workers=1, limits=Limits(tmp_inodes=500)) as small:
+        tests = ("assert flood()[0] < 500", "assert flood()[1] == 28")  # ENOSPC
+        report = small.run(TestJob(textwrap.dedent(program), tests, call_names=("flood",)))
+        assert report.passed == 2, report
+        assert_still_works(small)
+
+
+@pytest.mark.skipif(not bwrap_available() or os.geteuid() != 0, reason="privileged bubblewrap only")
+def test_capabilities_uids_and_seccomp_of_the_sandbox_processes() -> None:
+    def status(pid: int) -> dict[str, str]:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+    with make_box("bwrap", workers=1, cache_size=0) as small:
+        small.run(TestJob("x = 1\n", ("assert x == 1",)))
+        bwrap_pid = worker_pids(small)[0]
+        server = next(p for p in descendants() if status(p).get("PPid") == str(bwrap_pid))
+        waiting = next(p for p in descendants() if status(p).get("PPid") == str(server))  # forked for the next job
+        assert int(status(server)["CapEff"], 16) == (1 << 5) | (1 << 6) | (1 << 7)  # KILL, SETGID, SETUID only
+        child = status(waiting)
+        assert int(child["CapEff"], 16) == 0 and child["Seccomp"] == "2" and child["NoNewPrivs"] == "1"
+        assert child["Uid"].split()[0] not in ("0", "65534")  # a uid of this worker's own

@@ -41,13 +41,14 @@ Isolation, bubblewrap backend (``backend="bwrap"``)
   * new pid (the server is pid 1: nothing inside can signal it), net, ipc, uts (and cgroup where possible)
     namespaces; ``--die-with-parent``, ``--new-session``; only loopback exists;
   * read-only binds of /usr, /lib*, /bin, /sbin, the interpreter's installation prefix and the server file
-    only; no /proc; a private /dev; a size-limited tmpfs as cwd and /tmp and a 1 MiB /dev/shm, cleared
-    (iteratively, with directory descriptors) before every test process; /home, /root, /work and the
-    project checkout are absent; ``--clearenv`` plus a minimal environment (no secrets, no HOME);
+    only; no /proc; a private /dev; a size- and (as root) inode-limited tmpfs as cwd and /tmp and a 1 MiB
+    /dev/shm, cleared (iteratively, with directory descriptors) before every test process; /home, /root,
+    /work and the project checkout are absent; ``--clearenv`` plus a minimal environment (no secrets);
   * model code runs with no capabilities under a seccomp filter (x86_64) that denies the kernel keyring
     (keyctl, add_key, request_key), SysV IPC and POSIX message queues, every new namespace (unshare, setns,
     clone with CLONE_NEW*, clone3) and mount calls. Run as root, bwrap runs privileged: the server keeps
-    only CAP_SETUID/CAP_SETGID/CAP_KILL and test processes drop to a host uid of their own per worker
+    only CAP_SETUID/CAP_SETGID/CAP_KILL (CAP_SYS_ADMIN only until it has mounted the inode-limited tmpfs,
+    before any job) and test processes drop to a host uid of their own per worker
     (so RLIMIT_NPROC counts only that worker's processes); bwrap refuses ``--disable-userns`` without
     ``--unshare-user``, which is why the seccomp filter denies user namespaces. Run unprivileged, a user
     namespace maps uid 65534 to the caller and ``--disable-userns`` is passed as well;
@@ -71,9 +72,11 @@ Remaining risks (honest list)
   * The program's process holds its own job: the program, the call arguments (and needed setup) of every
     split test and the full text of the unsplit ones. Expected values of split tests are never in any
     process that runs model code.
-  * Memory is bounded per process times processes, not per tree (no cgroup is used); the inodes of the
-    private tmp are bounded only by the cleanup deadline (a tmp that cannot be cleared in 4 s retires the
-    worker) and the job's time, not by an inode limit (bubblewrap 0.8 cannot set tmpfs ``nr_inodes``).
+  * Memory is bounded per process times processes, not per tree (no cgroup is used). The inode limit of the
+    private tmp (``Limits.tmp_inodes``) exists only when bwrap runs as root (bubblewrap 0.8 cannot set tmpfs
+    ``nr_inodes``, so the server mounts the tmpfs itself and then drops CAP_SYS_ADMIN); unprivileged, inodes
+    are bounded only by the job's time and the cleanup deadline (a tmp that cannot be cleared in 4 s
+    retires the worker).
   * The seccomp filter exists for x86_64 only; elsewhere the keyring, SysV IPC and namespaces are reachable.
   * Subprocess backend: a child-subreaper process above the server kills every descendant (``setsid`` ones
     too) when the server ends; but model code running under the caller's own uid can kill that reaper,

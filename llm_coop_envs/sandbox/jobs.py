@@ -31,13 +31,14 @@ class Limits:
     max_file_bytes: int = 1 << 20  # RLIMIT_FSIZE
     max_output_bytes: int = 64 << 10  # stdout+stderr kept per test; the rest is read and dropped
     tmp_bytes: int = 64 << 20  # size of the writable tmpfs (bwrap backend only)
+    tmp_inodes: int = 4096  # files + directories in that tmpfs (bwrap run as root only; see api's docstring)
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds", "memory_bytes", "max_processes", "max_open_files", "max_file_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Limits.{name} must be positive, got {getattr(self, name)!r}")
-        if self.max_output_bytes < 0 or self.tmp_bytes < 1 << 20:
-            raise ValueError("Limits.max_output_bytes must be >= 0 and Limits.tmp_bytes >= 1 MiB")
+        if self.max_output_bytes < 0 or self.tmp_bytes < 1 << 20 or self.tmp_inodes < 16:
+            raise ValueError("Limits.max_output_bytes must be >= 0, tmp_bytes >= 1 MiB and tmp_inodes >= 16")
 
     @property
     def job_memory_bound(self) -> int:

@@ -128,6 +128,7 @@ def bwrap_argv(limits: Limits, privileged: bool) -> list[str]:
     argv += ["--cap-drop", "ALL"]
     if privileged:  # real root: the server keeps three caps, children drop to a real host uid of their own
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL"]
+        argv += ["--cap-add", "CAP_SYS_ADMIN"]  # only to mount the inode-limited tmpfs; dropped before any job
     else:  # bwrap accepts --disable-userns only with --unshare-user; privileged, seccomp denies user namespaces
         argv += ["--unshare-user", "--uid", str(_NOBODY), "--gid", str(_NOBODY), "--disable-userns"]
     return [*argv, "--", _interpreter()[0], "-I", "-B", _SERVER_INSIDE]
@@ -184,6 +185,8 @@ def _worker_config(backend: str, limits: Limits, tmpdir: str | None, judge: bool
         privileged = probe_bwrap() == "privileged"
         uid = _UID_BASE + ((os.getpid() & 0xFFFF) << 8) + next(_uids) % 256 if privileged else None
         cfg.update(child_uid=uid, kill_all=True, tmp="/tmp", scratch=["/tmp", "/dev/shm"], limit_nproc=True)
+        if privileged:  # the server mounts them with inode limits, then drops CAP_SYS_ADMIN
+            cfg["tmp_mounts"] = [["/tmp", limits.tmp_bytes, limits.tmp_inodes], ["/dev/shm", 1 << 20, 64]]
         return cfg, privileged
     assert tmpdir is not None
     drop = subprocess_drops_privileges()

@@ -4,16 +4,17 @@ Trusted code. Process tree of one worker (bubblewrap backend; the server is pid 
 
     server (never reads a program or a test)  --fork before each job-->  test process (reads the job itself)
 
-* The **server** starts, preloads common modules and reports "ready". Before each job it forks a *test
-  process*, which locks itself down and then reads the job from stdin itself, so the server never holds a
-  program or a test, and every test process is forked from a template that never held any job. The test
-  process tells the server only what it needs to supervise ("H": the kind of each test, time limits). The
-  server then drives the tests by index, with a fresh nonce each, enforces the wall-clock limits and the
-  job's budget, and after each test process kills everything left in the sandbox (``kill(-1)`` spares only
-  pid 1, itself; subprocess backend: a child-subreaper plus a /proc scan) and reaps it. When a test ends
-  its process, a new one is forked and the host sends the job again ("resend"). Tests that time out, die
-  or break the protocol count against the job's ``max_failures``. Being pid 1, the server cannot be
-  signalled from inside the sandbox.
+* The **server** starts (as root under privileged bwrap: first mounts inode-limited tmpfs over /tmp and
+  /dev/shm, then drops CAP_SYS_ADMIN), preloads common modules and reports "ready". Before each job it
+  forks a *test process*, which locks itself down and then reads the job from stdin itself, so the server
+  never holds a program or a test, and every test process is forked from a template that never held any
+  job. The test process tells the server only what it needs to supervise ("H": the kind of each test,
+  time limits). The server then drives the tests by index, with a fresh nonce each, enforces the
+  wall-clock limits and the job's budget, and after each test process kills everything left in the
+  sandbox (``kill(-1)`` spares only pid 1, itself; subprocess backend: a child-subreaper plus a /proc
+  scan) and reaps it. When a test ends its process, a new one is forked and the host sends the job again
+  ("resend"). Tests that time out, die or break the protocol count against the job's ``max_failures``.
+  Being pid 1, the server cannot be signalled from inside the sandbox.
 * A **test process** drops to the sandbox uid, clears the private tmp with directory file descriptors
   (any depth, no path length limit; a tmp that cannot be cleared in time makes it exit ``DIRTY`` before any
   model code ran, and the host retires the worker), applies rlimits and a seccomp filter (no keyring, no
@@ -141,6 +142,33 @@ def install_seccomp(program: bytes) -> None:
     fprog = Fprog(len(program) // 8, ctypes.addressof(buffer))
     if _PRCTL(22, ctypes.c_ulong(2), ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
+
+
+# ----------------------------------------------------------------------------- private tmp
+_CAP_SYS_ADMIN = 21
+
+
+def _drop_sys_admin() -> None:
+    """Remove CAP_SYS_ADMIN from our effective and permitted sets (no way back: no_new_privs is set)."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}
+    if _LIBC.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    for index in (0, 1):  # effective and permitted of the low 32 capabilities
+        data[index] &= ~(1 << _CAP_SYS_ADMIN)
+    if _LIBC.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def mount_private_tmp(mounts: list[list[Any]]) -> None:
+    """Privileged bwrap: mount fresh tmpfs with an inode limit over /tmp and /dev/shm (bwrap cannot set
+    ``nr_inodes``), then give up CAP_SYS_ADMIN for good. `mounts`: [path, size bytes, inodes]."""
+    mount = _LIBC.mount
+    for path, size, inodes in mounts:
+        options = f"size={size},nr_inodes={inodes},mode=1777".encode()
+        if mount(b"tmpfs", path.encode(), b"tmpfs", ctypes.c_ulong(0x2 | 0x4), options) != 0:  # nosuid, nodev
+            raise OSError(ctypes.get_errno(), f"mounting a tmpfs on {path} failed")
+    _drop_sys_admin()
 
 
 # ----------------------------------------------------------------------------- tmp cleanup
@@ -932,6 +960,9 @@ def main() -> None:
     prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace / /proc/<pid>/fd access by same-uid children
     if not cfg["kill_all"]:
         prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the reaper (bwrap: --die-with-parent instead)
+    if cfg.get("tmp_mounts"):
+        mount_private_tmp(cfg["tmp_mounts"])
+        os.chdir(cfg["tmp"])
     for name in cfg["preload"]:
         try:
             __import__(name)
