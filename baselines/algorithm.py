@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -43,7 +43,14 @@ import torch
 
 from baselines.lm.completions import Completions
 from baselines.lm.policies import Policies
-from baselines.objectives import compute_tree_returns, kl_per_sequence, masked_sum, policy_loss
+from baselines.objectives import (
+    NonFiniteLossError,
+    compute_tree_returns,
+    kl_per_sequence,
+    masked_sum,
+    policy_loss,
+    response_credit,
+)
 from baselines.rollout import JOINT, Node, node_stats, rollout_tree, walk
 
 if TYPE_CHECKING:
@@ -54,6 +61,9 @@ __all__ = [
     "Algorithm",
     "GroupBatch",
     "LossInput",
+    "ModuleSet",
+    "PolicyInfo",
+    "TrainableModule",
     "algorithm_card",
     "available_algorithms",
     "load_algorithm",
@@ -87,9 +97,34 @@ class GroupBatch:
     num_generations: int  # G
     turn: int  # 1-based turn of this node
     group_id: int  # index of the node in the step's tree, root = 0 (breadth-first)
+    step: int = 0  # 0-based training step
+    task_id: str | None = None  # the task of this step's tree
+    infos: tuple[Mapping[str, Mapping[str, Any]], ...] = ()
+    """Per joint action, the env's ``infos`` (agent -> its info: breakdown, joint and individual reward)."""
+    policies: Policies | None = field(default=None, repr=False, compare=False)
+
+    def prompt_ids(self, agent: str) -> tuple[torch.Tensor, torch.Tensor]:  # (G, P), (G, P)
+        """The agent's left-padded prompt token ids and their attention mask (identical rows at one node)."""
+        c = self.samples[agent]
+        return c.sequences[:, : c.prompt_width], c.prompt_mask
+
+    def representation(self, agent: str, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # (G, H) x 2
+        """The agent's own policy's last-layer hidden state at its last prompt token and at each response's last
+        token; with ``grad`` the policy's trainable tensors get gradients through them (one extra forward)."""
+        if self.policies is None:
+            raise ValueError("this GroupBatch was built without policies: no representation available")
+        return self.policies.representation(agent, self.samples[agent], grad)
 
     @classmethod
-    def from_node(cls, node: Node, group_id: int, num_generations: int) -> GroupBatch:
+    def from_node(
+        cls,
+        node: Node,
+        group_id: int,
+        num_generations: int,
+        step: int = 0,
+        task_id: str | None = None,
+        policies: Policies | None = None,
+    ) -> GroupBatch:
         if node.returns is None:
             raise ValueError("GroupBatch.from_node needs tree returns: call compute_tree_returns first")
         return cls(
@@ -103,6 +138,10 @@ class GroupBatch:
             num_generations=num_generations,
             turn=node.turn,
             group_id=group_id,
+            step=step,
+            task_id=task_id,
+            infos=tuple(node.infos),
+            policies=policies,
         )
 
 
@@ -117,6 +156,32 @@ class LossInput:
     reference_logprobs: torch.Tensor | None  # (G, T) reference policy (no grad), only when the KL coef != 0
     advantages: torch.Tensor  # (G,) from Algorithm.advantages
     epoch: int  # 0 .. update_epochs - 1
+
+
+@dataclass
+class TrainableModule:
+    """An extra module an algorithm trains (a value head, a critic), with its own optimiser settings. The
+    runner moves it to the device, optimises it with AdamW on :meth:`Algorithm.module_loss`, clips it,
+    checkpoints it (weights and optimiser state) and logs ``grad_norm/<name>``."""
+
+    module: torch.nn.Module
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What an algorithm may know of the policies when it builds its modules."""
+
+    agents: tuple[str, ...]
+    hidden_sizes: Mapping[str, int]  # width H of each agent's representation
+    device: str
+
+
+Advantages = dict[str, torch.Tensor]
+"""agent -> (G,) one advantage per response, or (J,) one per joint action (each response then gets the sum of
+its joint actions' advantages, scaled by G / J: the loss averages over the J joint actions)."""
 
 
 class Algorithm(ABC):
@@ -139,8 +204,26 @@ class Algorithm(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def advantages(self, group: GroupBatch) -> dict[str, torch.Tensor]:
-        """``{agent: (G,) advantages}`` of the node's responses (the runner logs their mean |A|)."""
+    def advantages(self, group: GroupBatch) -> Advantages | tuple[Advantages, dict[str, float]]:
+        """``{agent: (G,) or (J,) advantages}`` of the node (see :data:`Advantages`), optionally with a dict
+        of stats to log (the runner also logs their mean |A|)."""
+
+    def trainable_modules(self, policy: PolicyInfo) -> dict[str, TrainableModule]:
+        """Extra modules to train (default: none); called once by the runner, after the policies exist."""
+        return {}
+
+    def module_loss(self, group: GroupBatch) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """The loss of the extra modules at one node (before the policy updates; default: None)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State the algorithm keeps between steps beyond its modules (running statistics...); checkpointed."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` on resume."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but a checkpoint holds {sorted(state)}")
 
     def check_run(self, run: RunConfig) -> None:
         """Raise ValueError naming the runner field this algorithm cannot train with (default: accept all)."""
@@ -163,20 +246,81 @@ class Algorithm(ABC):
 
 
 # ----- the runner's step ------------------------------------------------------------------------------------
+class ModuleSet:
+    """The runner's side of an algorithm's extra modules: one AdamW each, a shared backward, per-module
+    clipping, checkpoint state."""
+
+    def __init__(self, modules: Mapping[str, TrainableModule], device: str) -> None:
+        self.modules = dict(modules)
+        for spec in self.modules.values():
+            spec.module.to(device)
+        self.optimizers = {
+            name: torch.optim.AdamW(spec.module.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+            for name, spec in self.modules.items()
+        }
+
+    def step(self, loss: torch.Tensor) -> dict[str, float]:
+        """Back-propagate the modules' loss, clip each module, step each optimiser; the gradient norms."""
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite module loss {float(loss)}; stopping instead of skipping the update")
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        stats = {}
+        for name, spec in self.modules.items():
+            params = list(spec.module.parameters())
+            if spec.max_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            self.optimizers[name].step()
+            self.optimizers[name].zero_grad(set_to_none=True)
+            stats[f"grad_norm/{name}"] = float(norm)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {n: spec.module.state_dict() for n, spec in self.modules.items()},
+            "optimizers": {n: opt.state_dict() for n, opt in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state["modules"]) != set(self.modules):
+            raise ValueError(f"checkpoint modules {sorted(state['modules'])} != the algorithm's {sorted(self.modules)}")
+        for name, spec in self.modules.items():
+            spec.module.load_state_dict(state["modules"][name])
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+
+
 def train_step(
-    algorithm: Algorithm, env: Any, obs: dict[str, dict], policies: Policies, optimizers: dict, run: RunConfig
+    algorithm: Algorithm,
+    env: Any,
+    obs: dict[str, dict],
+    policies: Policies,
+    optimizers: dict,
+    run: RunConfig,
+    modules: ModuleSet | None = None,
+    step: int = 0,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     """One task: roll out the tree, compute returns, then for every node (root first) the algorithm's
-    advantages and ``update_epochs`` optimiser steps per agent."""
+    advantages, its modules' update (if any) and ``update_epochs`` optimiser steps per agent."""
     root = rollout_tree(env, obs, policies, run.rollout_settings())
     compute_tree_returns(root, run.gamma)
     nodes = walk(root)
     stats = node_stats(root, nodes)
     adv_abs: list[float] = []
     for group_id, node in enumerate(nodes):
-        group = GroupBatch.from_node(node, group_id, run.num_generations)
-        advantages = _checked_advantages(algorithm, group)
+        group = GroupBatch.from_node(node, group_id, run.num_generations, step, task_id, policies)
+        advantages, extra = _checked_advantages(algorithm, group)
+        stats.update(extra)
         adv_abs += [float(a.abs().mean()) for a in advantages.values()]
+        module_loss = algorithm.module_loss(group)
+        if module_loss is not None:
+            if modules is None:
+                raise ValueError(f"{type(algorithm).__name__}.module_loss returned a loss but it declares no modules")
+            stats.update(module_loss[1])
+            stats.update(modules.step(module_loss[0]))
         stats.update(_update(algorithm, policies, optimizers, group, advantages, run.max_grad_norm))
     stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
     assert root.returns is not None  # filled by compute_tree_returns above
@@ -184,18 +328,24 @@ def train_step(
     return stats
 
 
-def _checked_advantages(algorithm: Algorithm, group: GroupBatch) -> dict[str, torch.Tensor]:
-    """The algorithm's advantages, with a shape error that names the algorithm and the expected shape."""
-    advantages = algorithm.advantages(group)
-    G = group.num_generations
+def _checked_advantages(algorithm: Algorithm, group: GroupBatch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The algorithm's per-response advantages (per-joint-action ones converted) and its stats, with a shape
+    error that names the algorithm and the expected shapes."""
+    returned = algorithm.advantages(group)
+    advantages, stats = returned if isinstance(returned, tuple) else (returned, {})
+    G, J = group.num_generations, len(group.joint_actions)
+    name = type(algorithm).__name__
     if set(advantages) != set(group.agents):
-        raise ValueError(f"{type(algorithm).__name__}.advantages must return one entry per agent {list(group.agents)}")
+        raise ValueError(f"{name}.advantages must return one entry per agent {list(group.agents)}")
+    out = {}
     for agent, adv in advantages.items():
-        if tuple(adv.shape) != (G,):
-            raise ValueError(
-                f"{type(algorithm).__name__}.advantages: {agent!r} has shape {tuple(adv.shape)}, expected ({G},)"
-            )
-    return advantages
+        if tuple(adv.shape) == (G,):
+            out[agent] = adv
+        elif tuple(adv.shape) == (J,):  # per joint action: each response gets its joint actions' sum x G / J
+            out[agent] = response_credit(adv, group.joint_actions, group.agents.index(agent), G, "sum") * (G / J)
+        else:
+            raise ValueError(f"{name}.advantages: {agent!r} has shape {tuple(adv.shape)}, expected ({G},) or ({J},)")
+    return out, dict(stats)
 
 
 def _update(

@@ -1,4 +1,4 @@
-"""Rollouts shared by every algorithm: tree rollouts on env branches, the per-node policy update, evaluation.
+"""Rollouts shared by every algorithm: tree rollouts on env branches and the statistics of a training step.
 
 A rollout starts from an env that was just reset on one task. At each node every agent samples G responses
 (one batched `generate` per tree level: every open node's prompts, all agents); the node's joint actions
@@ -30,6 +30,7 @@ class Node(TreeNode):
 
     completions: dict[str, Completions] = field(default_factory=dict)
     actions: list[tuple[int, ...]] = field(default_factory=list)
+    infos: list[dict[str, dict[str, Any]]] = field(default_factory=list)  # per joint action: the env's infos
     turn: int = 1
 
     @property
@@ -79,7 +80,7 @@ def _expand(env, completions: dict[str, Completions], rs: RolloutSettings, turn:
     the node (children not yet filled) and, per joint action, (clone, observations) or None if it ended."""
     agents = list(completions)
     actions = joint_actions(len(agents), rs.num_generations, rs.joint_mode)  # type: ignore[arg-type]
-    rewards, branches = [], []
+    rewards, branches, all_infos = [], [], []
     for action in actions:
         branch = env.clone()
         next_obs, _, term, trunc, infos = branch.step(
@@ -87,10 +88,11 @@ def _expand(env, completions: dict[str, Completions], rs: RolloutSettings, turn:
         )
         joint = float(infos[agents[0]]["joint_reward"])
         rewards.append([joint, *(float(infos[a]["individual_reward"]) for a in agents)])
+        all_infos.append(infos)
         done = all(term.values()) or all(trunc.values())
         branches.append(None if done else (branch, next_obs))
     reward_t = torch.tensor(rewards, dtype=torch.float64)  # (J, 1 + n): joint, then each agent's own
-    node = Node(rewards=reward_t, completions=completions, actions=actions, turn=turn)
+    node = Node(rewards=reward_t, completions=completions, actions=actions, infos=all_infos, turn=turn)
     node.children = [None] * len(actions)
     return node, branches
 
@@ -119,37 +121,3 @@ def node_stats(root: Node, nodes: list[Node]) -> dict[str, Any]:
         stats[f"completion/{agent}_tokens_mean"] = float(c.mask.sum(dim=1).float().mean())
         stats[f"completion/{agent}_chars_mean"] = sum(len(t) for t in c.texts) / len(c.texts)
     return stats
-
-
-@torch.no_grad()
-def evaluate(
-    env_factory, policies: Policies, task_ids: list[str], sampling: SamplingConfig, seed: int
-) -> dict[str, Any]:
-    """Joint reward of one sampled episode per held-out task, all tasks batched per turn. The episode's
-    score is the joint reward of its last turn (the final answer). Seeded, so it is repeatable."""
-    devices_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    envs, obs = [], []
-    for i, tid in enumerate(task_ids):
-        env = env_factory()
-        o, _ = env.reset(seed=seed + i, options={"task_id": tid})
-        envs.append(env)
-        obs.append(o)
-    final = [0.0] * len(envs)
-    examples: dict[str, str] = {}
-    active = list(range(len(envs)))
-    while active:
-        agents = list(envs[active[0]].agents)
-        out = policies.generate({a: [obs[i][a]["prompt"] for i in active] for a in agents}, sampling)
-        still = []
-        for row, i in enumerate(active):
-            o, _, term, trunc, infos = envs[i].step({a: out[a].texts[row] for a in agents})
-            final[i] = float(infos[agents[0]]["joint_reward"])
-            if row == 0:
-                examples = {a: out[a].texts[row] for a in agents}
-            if not (all(term.values()) or all(trunc.values())):
-                obs[i] = o
-                still.append(i)
-        active = still
-    torch.random.set_rng_state(devices_state)
-    return {"eval/joint_mean": sum(final) / len(final), "eval/tasks": len(final), "examples": examples}

@@ -25,14 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines.algorithm import Algorithm, load_algorithm, train_step
+from baselines.algorithm import Algorithm, ModuleSet, PolicyInfo, load_algorithm, train_step
 from baselines.config import RESUMABLE_FIELDS, RunConfig
+from baselines.heldout import HELDOUT_SPLIT, eval_seeds, heldout_eval
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.loading import resolve_model
 from baselines.lm.policies import Policies
-from baselines.rollout import evaluate
-
-EVAL_SEED = 12_345  # evaluation sampling seed, the same for every run so before/after are comparable
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -66,22 +64,23 @@ def build_policies(cfg: RunConfig, agents: list[str], need_reference: bool = Fal
 
 
 def run_eval(make_eval_env, policies: Policies, test_ids: list[str], cfg: RunConfig) -> dict[str, Any]:
-    results = [
-        evaluate(make_eval_env, policies, test_ids, cfg.sampling(), EVAL_SEED + k) for k in range(cfg.eval_seeds)
-    ]
-    return {
-        "eval/joint_mean": sum(r["eval/joint_mean"] for r in results) / len(results),
-        "eval/tasks": results[0]["eval/tasks"],
-        "eval/example": results[0]["examples"],
-    }
+    """The held-out evaluation row (the same code as `llm-coop eval --policy RUN --heldout`)."""
+    return heldout_eval(make_eval_env, policies, test_ids, cfg.sampling(), eval_seeds(cfg.eval_seeds))
 
 
 def save_checkpoint(
-    path: Path, step: int, policies: Policies, optimizers: dict, metrics_bytes: int, eval_bytes: int
+    path: Path,
+    step: int,
+    policies: Policies,
+    optimizers: dict,
+    metrics_bytes: int,
+    eval_bytes: int,
+    algorithm_state: dict[str, Any] | None = None,
 ) -> None:
     """Write atomically: a temp file in the same directory, then os.replace."""
     state = {
         "step": step,
+        "algorithm": algorithm_state or {"state": {}, "modules": None},
         "policies": {a: policies.state_dict(a) for a in optimizers},
         "optimizers": {a: opt.state_dict() for a, opt in optimizers.items()},
         "rng": {"torch": torch.random.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
@@ -104,6 +103,34 @@ def load_checkpoint(path: Path, policies: Policies, optimizers: dict) -> dict:
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     return state
+
+
+def build_modules(algorithm: Algorithm, policies: Policies, run: RunConfig) -> ModuleSet | None:
+    """The algorithm's extra modules on the run's device with their optimisers (None if it has none). Their
+    initialisation is seeded from the run's seed without touching the RNG stream the rollouts use."""
+    info = PolicyInfo(tuple(policies.agents), {a: policies.hidden_size(a) for a in policies.agents}, run.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(step_seed(run.seed, -1))
+        modules = algorithm.trainable_modules(info)
+    return ModuleSet(modules, run.device) if modules else None
+
+
+def restore_algorithm(state: dict[str, Any], algorithm: Algorithm, modules: ModuleSet | None) -> None:
+    """Restore the algorithm's state and modules from a checkpoint; an algorithm with state (or modules) and a
+    checkpoint without them is an error, never a silent restart of the critic."""
+    saved = state.get("algorithm")
+    if saved is None:
+        if algorithm.state_dict() or modules is not None:
+            raise RunDirError(
+                f"--resume: the checkpoint holds no state of {type(algorithm).__name__}, which keeps state or "
+                "modules; resuming would silently restart them"
+            )
+        return
+    algorithm.load_state_dict(saved["state"])
+    if (saved["modules"] is None) != (modules is None):
+        raise RunDirError(f"--resume: the checkpoint's modules do not match {type(algorithm).__name__}'s")
+    if modules is not None:
+        modules.load_state_dict(saved["modules"])
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -242,8 +269,9 @@ class Session:
         self.agents = list(self.env.possible_agents)
         self.policies = build_policies(self.run, self.agents, need_reference=self.algorithm.reference_kl_coef() != 0)
         self.optimizers = make_optimizers(self.policies, self.agents, self.run)
+        self.modules = build_modules(self.algorithm, self.policies, self.run)
         self.train_ids = self.env.task_ids("train")
-        test_ids = self.env.task_ids("test")
+        test_ids = self.env.task_ids(HELDOUT_SPLIT)
         self.test_ids = test_ids[: self.run.eval_tasks] if self.run.eval_tasks else test_ids
 
     def begin(self) -> int:
@@ -253,6 +281,7 @@ class Session:
             self.writer = _tensorboard(self.files.root)
         if self.run.resume:
             state = load_checkpoint(self.files.checkpoint, self.policies, self.optimizers)
+            restore_algorithm(state, self.algorithm, self.modules)
             _truncate(self.files.metrics, state["metrics_bytes"])
             _truncate(self.files.evals, state["eval_bytes"])
             return int(state["step"])
@@ -289,9 +318,12 @@ class Session:
         """Run training step ``step`` (0-based), log it, and evaluate when due."""
         seed = step_seed(self.run.seed, step)
         torch.manual_seed(seed)
-        obs, _ = self.env.reset(seed=seed, options={"task_id": task_for_step(self.train_ids, self.run.seed, step)})
+        task_id = task_for_step(self.train_ids, self.run.seed, step)
+        obs, _ = self.env.reset(seed=seed, options={"task_id": task_id})
         t0 = time.perf_counter()
-        stats = train_step(self.algorithm, self.env, obs, self.policies, self.optimizers, self.run)
+        stats = train_step(
+            self.algorithm, self.env, obs, self.policies, self.optimizers, self.run, self.modules, step, task_id
+        )
         row = {"step": step + 1, **stats, "time/step_s": time.perf_counter() - t0}
         every = self.run.eval_every
         if step + 1 == self.run.steps or (every and (step + 1) % every == 0):
@@ -309,7 +341,11 @@ class Session:
 
     def save(self, step: int) -> None:
         sizes = self.files.metrics.stat().st_size, self.files.evals.stat().st_size
-        save_checkpoint(self.files.checkpoint, step, self.policies, self.optimizers, *sizes)
+        algorithm = {
+            "state": self.algorithm.state_dict(),
+            "modules": None if self.modules is None else self.modules.state_dict(),
+        }
+        save_checkpoint(self.files.checkpoint, step, self.policies, self.optimizers, *sizes, algorithm)
 
     def finish(self) -> dict[str, Any]:
         """Final weights, summary.json and the reward plot."""

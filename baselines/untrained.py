@@ -71,6 +71,8 @@ DELIMITER = "---"
 TARGET_RATIO = {"coop_writing-v0": 2.4, "coop_abstract_expansion-v0": 1.15}
 """Agent 2's target length as a multiple of agent 1's words (middle of the reward's length-ratio band)."""
 _LENGTH_GATE = {"coop_writing-v0": (8, 256), "coop_abstract_expansion-v0": (128, 256)}
+
+
 def split_cue(prompt: str) -> tuple[str, str]:
     """(everything before the cue, the cue): the cue is the prompt's last blank-line-separated paragraph."""
     head, sep, cue = prompt.rpartition("\n\n")

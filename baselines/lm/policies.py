@@ -30,7 +30,7 @@ from baselines.lm.completions import Completions, PromptState, SamplingConfig
 from baselines.lm.fastdecode import StackedDecoder
 from baselines.lm.loading import eos_ids_of, load_tokenizer, resolve_model
 from baselines.lm.sampling import sample
-from baselines.lm.scoring import score
+from baselines.lm.scoring import last_hidden_states, score
 from baselines.objectives import completion_mask
 
 __all__ = ["Completions", "Finetune", "Policies", "PromptState", "SamplingConfig"]
@@ -238,6 +238,20 @@ class Policies:
         ]
 
     # ------------------------------------------------------------------ scoring
+    def representation(self, agent: str, c: Completions, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The agent's own last-layer hidden states of its completions: at the last prompt token (B, H) and at
+        the last generated token (B, H); with ``grad`` the agent's trainable tensors get gradients through them."""
+        m = self.members[agent]
+        if m.adapter is not None:
+            m.module.set_adapter(m.adapter)
+        with torch.set_grad_enabled(grad):
+            return last_hidden_states(m.module, c)
+
+    def hidden_size(self, agent: str) -> int:
+        """Width of the agent's hidden states (the representation's H)."""
+        config = self.members[agent].module.config
+        return int(config.hidden_size)
+
     def token_logprobs(self, agent: str, c: Completions, reference: bool = False) -> torch.Tensor:  # (B, T)
         """log pi(token) of each completion token under the agent's policy (with grad), or under its
         reference policy (no grad): the base with adapters disabled (LoRA) or the initial copy (full)."""

@@ -12,7 +12,7 @@ from baselines.lm.fastdecode import StackedDecoder, _base_of, prompt_pass
 from baselines.lm.sampling import flat_kv, prefill
 from baselines.objectives import completion_token_logprobs
 
-__all__ = ["ReusedForward", "score"]
+__all__ = ["ReusedForward", "last_hidden_states", "score"]
 
 
 class ReusedForward(torch.autograd.Function):
@@ -87,3 +87,15 @@ def score(module, c: Completions, reuse: tuple | None = None, adapter: str | Non
         input_ids=c.sequences, attention_mask=attn, position_ids=positions(attn), logits_to_keep=T + 1
     ).logits
     return completion_token_logprobs(logits, c.sequences, P)
+
+
+def last_hidden_states(module, c: Completions) -> tuple[torch.Tensor, torch.Tensor]:  # (B, H), (B, H)
+    """The last layer's hidden state at each row's last prompt token and at its last generated token (its EOS,
+    or the last token of the budget), from one forward of the whole sequences (with the active adapter)."""
+    P = c.prompt_width
+    attn = torch.cat([c.prompt_mask, c.mask.long()], dim=1)  # (B, P+T)
+    out = module(input_ids=c.sequences, attention_mask=attn, position_ids=positions(attn), output_hidden_states=True)
+    hidden = out.hidden_states[-1]  # (B, P+T, H)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = P - 1 + c.mask.long().sum(dim=1).clamp(min=1)  # (B,) index of the last generated token
+    return hidden[:, P - 1], hidden[rows, last]
