@@ -24,7 +24,8 @@ repeats ``update_epochs`` times. Logged per agent: ``loss/<agent>``, ``grad_norm
 ``logprob/<agent>_mean`` (mean summed log-prob), ``kl/<agent>`` (when the KL coefficient is non-zero) and
 whatever ``loss`` returns in its stats dict.
 
-Finding an algorithm (``llm-coop train --algo NAME``): the built-in names ``magrpo`` and ``independent``;
+Finding an algorithm (``llm-coop train --algo NAME``): the built-in names ``magrpo``, ``independent``,
+``iac`` and ``maac``;
 any name registered under the Python entry-point group ``llm_coop_envs.algorithms`` by an installed package
 (``[project.entry-points."llm_coop_envs.algorithms"] myalgo = "mypkg.algo:MyAlgo"``); or an import path
 ``package.module:ClassName``. No file of this project needs editing (docs/add_your_own_algorithm.md).
@@ -72,7 +73,12 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "llm_coop_envs.algorithms"
-BUILTIN: dict[str, str] = {"magrpo": "baselines.magrpo:MAGRPO", "independent": "baselines.independent:IndependentGRPO"}
+BUILTIN: dict[str, str] = {
+    "magrpo": "baselines.magrpo:MAGRPO",
+    "independent": "baselines.independent:IndependentGRPO",
+    "iac": "baselines.iac:IAC",
+    "maac": "baselines.maac:MAAC",
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class GroupBatch:
     infos: tuple[Mapping[str, Mapping[str, Any]], ...] = ()
     """Per joint action, the env's ``infos`` (agent -> its info: breakdown, joint and individual reward)."""
     policies: Policies | None = field(default=None, repr=False, compare=False)
+    _features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def prompt_ids(self, agent: str) -> tuple[torch.Tensor, torch.Tensor]:  # (G, P), (G, P)
         """The agent's left-padded prompt token ids and their attention mask (identical rows at one node)."""
@@ -113,7 +120,11 @@ class GroupBatch:
         token; with ``grad`` the policy's trainable tensors get gradients through them (one extra forward)."""
         if self.policies is None:
             raise ValueError("this GroupBatch was built without policies: no representation available")
-        return self.policies.representation(agent, self.samples[agent], grad)
+        if grad:
+            return self.policies.representation(agent, self.samples[agent], grad=True)
+        if agent not in self._features:  # computed once per node
+            self._features[agent] = self.policies.representation(agent, self.samples[agent], grad=False)
+        return self._features[agent]
 
     @classmethod
     def from_node(
