@@ -8,9 +8,10 @@
 # Settings (environment variables): SEEDS (default "0 1 2 3 4"), JOBS (parallel one-thread jobs, 2),
 # RUNS (run directories, runs/lb), WRITING_STEPS (100), SHORT_STEPS (20: abstract expansion and coding,
 # where the ~1M embedded model cannot reach the 128-token length gate nor write working code).
+# Trained rows: MAGRPO, independent GRPO, IAC and MAAC (baselines/iac.py, maac.py) and single-agent GRPO.
 # Single-agent GRPO = MAGRPO on the env's single-agent view (`--env single:<id>`, baselines/untrained.py)
 # with 192 new tokens (both parts in one response).
-# Every trained run uses the preset embedded-demo (LEARNING_ON_CPU.md) with its step count overridden;
+# Every trained run uses the preset embedded-demo (docs/learning_on_cpu.md) with its step count overridden;
 # the evaluation of every method uses the same decoding (temperature 1.0, 96 new tokens per agent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,8 @@ train_jobs() {  # one line per run: algo train-env output-dir steps seed
       echo "magrpo $env $RUNS/$env/magrpo-seed$seed $(steps_for "$env") $seed"
       echo "independent $env $RUNS/$env/independent-seed$seed $(steps_for "$env") $seed"
       echo "magrpo single:$env $RUNS/$env/single-seed$seed $(steps_for "$env") $seed"
+      echo "iac $env $RUNS/$env/iac-seed$seed $(steps_for "$env") $seed"
+      echo "maac $env $RUNS/$env/maac-seed$seed $(steps_for "$env") $seed"
     done
   done
 }
@@ -44,9 +47,12 @@ train_one() {  # skips runs that finished; records wall time in <run>.seconds
   local t0=$SECONDS
   local extra=()
   case "$env" in single:*) extra=(--max-new-tokens 192) ;; esac  # one response holds both parts
-  # --resume: a killed grid continues where it stopped (a run resumed from its checkpoint ends identical)
+  # a killed grid continues where it stopped (a run resumed from its checkpoint ends identical); a run killed
+  # before its first checkpoint starts again
+  local mode=(--overwrite)
+  [ -f "$out/checkpoint.pt" ] && mode=(--resume)
   $PY -m baselines.cli train --algo "$algo" --preset embedded-demo --env "$env" --steps "$steps" --seed "$seed" \
-    --eval-every 0 --eval-tasks 2 --eval-seeds 1 --output-dir "$out" --no-progress --resume "${extra[@]}" >>"$out.log" 2>&1
+    --eval-every 0 --eval-tasks 2 --eval-seeds 1 --output-dir "$out" --no-progress "${mode[@]}" "${extra[@]}" >>"$out.log" 2>&1
   echo $((SECONDS - t0)) >"$out.seconds"
 }
 export -f train_one
@@ -63,11 +69,12 @@ if [[ " $PHASES " == *" eval "* ]]; then
     extra=()
     if [ "$env" = coop_coding-v0 ]; then extra=(--samples 5 --pass-k 1 5); fi
     for base in single parallel sequential discussion; do
-      $PY -m baselines.evaluation --env "$env" --baseline "$base" --seeds $SEEDS "${extra[@]}" --no-progress
+      $PY -m baselines.evaluation --env "$env" --baseline "$base" --seeds $SEEDS "${extra[@]}" --no-progress --overwrite
     done
-    for method in magrpo independent single; do
+    for method in magrpo independent single iac maac; do
       [ -d "$RUNS/$env/$method-seed${SEEDS%% *}" ] || continue  # not trained (TRAIN_ENVS)
-      $PY -m baselines.evaluation --env "$env" --policy "$RUNS/$env/$method-seed{seed}" --seeds $SEEDS "${extra[@]}" --no-progress
+      $PY -m baselines.evaluation --env "$env" --policy "$RUNS/$env/$method-seed{seed}" --seeds $SEEDS "${extra[@]}" \
+        --no-progress --overwrite
     done
   done
 fi
