@@ -766,7 +766,9 @@ class Job:
             proc = first or self.respawn()
             if proc is None:
                 return
-            if proc is not first and not isinstance(header := proc.next_frame(self.limit()[0]), bytes):
+            if proc is not first and not (
+                isinstance(header := proc.next_frame(self.limit()[0]), bytes) and header[:1] == b"H"
+            ):
                 self.fail_load(proc, header)
                 continue
             first = None
