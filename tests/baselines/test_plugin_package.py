@@ -1,0 +1,69 @@
+"""The example algorithm package (examples/critic_plugin): found through its entry point, trained by the
+runner, and resumed identically after a kill (its running statistics and its value head are checkpointed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import tomllib
+import torch
+from toy_env import make_toy_env
+
+import baselines.training as training
+from baselines import algorithm as algorithm_module
+from baselines.algorithm import resolve_algorithm
+from baselines.config import RunConfig
+from baselines.training import TrainingInterrupted, train
+
+PACKAGE = Path(__file__).resolve().parents[2] / "examples" / "critic_plugin"
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """The package as `pip install -e examples/critic_plugin` would make it visible: importable, and its
+    declared entry points in the algorithm group."""
+    monkeypatch.syspath_prepend(str(PACKAGE))
+    declared = tomllib.loads((PACKAGE / "pyproject.toml").read_text())["project"]["entry-points"]
+    points = [SimpleNamespace(name=n, value=v) for n, v in declared[algorithm_module.ENTRY_POINT_GROUP].items()]
+    monkeypatch.setattr(algorithm_module.metadata, "entry_points", lambda group: points)
+    yield resolve_algorithm("normalised_critic")
+    sys.modules.pop("critic_plugin.algo", None)
+
+
+def small_run(**kw) -> RunConfig:
+    base = dict(num_generations=3, max_new_tokens=8, eval_tasks=1, eval_seeds=1, eval_every=0, save_every=1)
+    return RunConfig(**{**base, "lr": 1e-3, **kw})
+
+
+def rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in path.open()]
+
+
+def test_the_example_package_trains_and_resumes_identically(installed, tmp_path, monkeypatch):
+    cls = installed
+    whole = tmp_path / "whole"
+    train(small_run(steps=3, output_dir=whole), cls(cls.config_class()), False, make_toy_env)
+    assert json.loads((whole / "config.json").read_text())["algo"] == "normalised_critic"
+    state = torch.load(whole / "checkpoint.pt", weights_only=False)["algorithm"]
+    assert state["state"]["count"] == 9 and set(state["modules"]["modules"]) == {"value"}  # 3 steps x G
+    assert all("critic/loss" in r and "grad_norm/value" in r for r in rows(whole / "metrics.jsonl"))
+    real, calls = training.train_step, []
+
+    def killed(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(training, "train_step", killed)
+    cut = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted):
+        train(small_run(steps=3, output_dir=cut), cls(cls.config_class()), False, make_toy_env)
+    monkeypatch.setattr(training, "train_step", real)
+    train(small_run(steps=3, output_dir=cut, resume=True), cls(cls.config_class()), False, make_toy_env)
+    assert rows(cut / "metrics.jsonl") == rows(whole / "metrics.jsonl")
+    assert torch.load(cut / "checkpoint.pt", weights_only=False)["algorithm"]["state"] == state["state"]
