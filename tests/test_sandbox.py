@@ -724,3 +724,40 @@ def test_capabilities_uids_and_seccomp_of_the_sandbox_processes() -> None:
         child = status(waiting)
         assert int(child["CapEff"], 16) == 0 and child["Seccomp"] == "2" and child["NoNewPrivs"] == "1"
         assert child["Uid"].split()[0] not in ("0", "65534")  # a uid of this worker's own
+
+
+# --- the two-process judge: how asserts are split ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("test", "calls", "verdict"),
+    [
+        ("assert f(1) == 2", ["f(1)"], "assert __llm_coop_v__(0) == 2"),
+        (
+            "x = [1]\ny = 2\nassert abs(f(x) - y) < 1e-6",
+            ["f(x)"],
+            "x = [1]\ny = 2\nassert abs(__llm_coop_v__(0) - y) < 1e-6",
+        ),
+        ("assert f(f(2)) == aux(3) and f(\n  [1]) == [2]", ["f(f(2))", "aux(3)", "f(\n  [1])"], None),
+        ("assert f('é') == 'é', 'message'", ["f('é')"], "assert __llm_coop_v__(0) == 'é', 'message'"),
+    ],
+)
+def test_asserts_are_split_into_calls_and_a_verdict(test: str, calls: list[str], verdict: str | None) -> None:
+    from llm_coop_envs.sandbox.judge import split_test
+
+    split = split_test(test, ("f", "aux"))
+    assert split is not None and split.calls["calls"] == calls
+    assert verdict is None or split.verdict == verdict
+    assert "2" not in split.calls["setup"]  # only what the arguments need: y = 2 stays with the judge
+
+
+@pytest.mark.parametrize(
+    "test",
+    ["assert all(f(x) for x in [1])", "assert f is not None", "assert list(map(f, [1])) == [2]", "assert (y := f(1))"],
+)
+def test_unsplittable_asserts_run_in_process_and_are_counted(box: Sandbox, test: str) -> None:
+    from llm_coop_envs.sandbox.judge import split_test
+
+    assert split_test(test, ("f",)) is None
+    report = box.run(TestJob("def f(x=1):\n    return x\n", (test, "assert f(2) == 2"), call_names=("f",)))
+    assert report.tests_unsplit == 1 and report.outcomes[1].status == "passed"
