@@ -57,12 +57,15 @@ class NormalisedCritic(Algorithm):
         state = torch.cat([group.representation(a)[0][:1] for a in group.agents], dim=1).detach()  # (1, sum H)
         return self.value(state).squeeze(-1).expand(len(group.joint_actions))
 
-    def advantages(self, group: GroupBatch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        for r in group.joint_returns.tolist():  # Welford's running mean and variance
+    def _update_running_stats(self, returns: torch.Tensor) -> None:
+        for r in returns.tolist():  # Welford's running mean and variance
             self.count += 1
             delta = r - self.mean
             self.mean += delta / self.count
             self.m2 += delta * (r - self.mean)
+
+    def advantages(self, group: GroupBatch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        self._update_running_stats(group.joint_returns)
         with torch.no_grad():
             advantage = self._normalised(group.joint_returns) - self._values(group).double()  # (J,)
         return {a: advantage for a in group.agents}, {"critic/return_mean": self.mean}
