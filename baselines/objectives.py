@@ -5,7 +5,7 @@ numbers in `tests/baselines/test_objectives.py`. Shapes: G = generations per age
 J = joint actions of one node (G aligned, G**n cross), K = reward channels (1 for the joint reward, n for
 independent per-agent rewards), B = rows of a batch, T = generated tokens, P = padded prompt width.
 
-Deliberate differences from the reference code (see MAGRPO_SPEC.md section 2):
+Deliberate differences from the reference code (docs/method.md, section 9):
 - the mask covers exactly the generated tokens up to and including the first EOS: the EOS of the longest
   row is scored, and pads after EOS are never scored, even when pad == EOS;
 - the prompt width P is the width of the (left-padded) prompt tensor given to `generate`, never found by

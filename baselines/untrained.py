@@ -1,4 +1,4 @@
-"""Untrained baselines of the MAGRPO paper (spec section 5) and the single-agent view of a two-agent env.
+"""Untrained baselines of the MAGRPO paper (docs/method.md, section 10) and the single-agent view of a two-agent env.
 
 Every prompt is built from the env's own prompt (``obs[agent]["prompt"]`` = role instructions, a blank line,
 the task message; the task message's last paragraph is the role's *cue*, e.g. ``Concise summary:`` or

@@ -1,6 +1,6 @@
 """``coop_abstract_expansion-v0``: two agents expand a paper abstract into an introduction together.
 
-The MAGRPO paper's arXiv task (arXiv 2508.04652, section 3.2 of our spec), with the published reward at
+The MAGRPO paper's arXiv task (arXiv 2508.04652, docs/rewards.md), with the published reward at
 its paper-era thresholds (the authors changed L2 after publication; v0 keeps the published one).
 
 **Agents** (paper order): ``background`` (agent 1) writes the background and motivation part of the

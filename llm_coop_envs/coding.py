@@ -1,6 +1,6 @@
 """``coop_coding-v0``: two agents write one Python solution together, a helper function and the main function.
 
-The MAGRPO paper's coding task (arXiv 2508.04652, section 4 of our spec), with the published reward. All
+The MAGRPO paper's coding task (arXiv 2508.04652, docs/rewards.md), with the published reward. All
 model code runs in :mod:`llm_coop_envs.sandbox`, never in this process (syntax checks use ``ast.parse``).
 
 **Agents** (paper order): ``helper`` (agent 1) writes one function named ``aux`` that is useful for the

@@ -5,7 +5,7 @@ things: the role names, the instructions for each role, the first message of a t
 function (plus, for multi-turn play, a feedback message). Everything else lives here: PettingZoo
 bookkeeping, spaces, seeding, task selection, input validation, turn limits, reward modes and branching.
 
-Contract (see ``DESIGN.md`` section 3):
+Contract (see ``docs/architecture.md``, Contracts):
 
 * ``possible_agents`` are role names in the paper's order; agents act simultaneously; the episode ends
   for all agents at once and ``agents`` becomes empty.

@@ -1,6 +1,6 @@
 """``coop_writing-v0``: two agents write a two-paragraph summary of a forum post together.
 
-The MAGRPO paper's TLDR task (arXiv 2508.04652, section 3.1 of our spec), with the published reward.
+The MAGRPO paper's TLDR task (arXiv 2508.04652, docs/rewards.md), with the published reward.
 
 **Agents** (paper order): ``summary`` (agent 1) writes paragraph 1, a concise summary of the post;
 ``elaboration`` (agent 2) writes paragraph 2, a more detailed summary that uses more unique words and

@@ -6,7 +6,7 @@ rebuilds them bit-for-bit on the same Python and torch versions:
 
     python -m baselines.lm.embedded build            # seed 0, writes baselines/lm/embedded_model/
 
-Recipe (see ../shared/reference/LEARNING_ON_CPU.md for why this setting):
+Recipe (docs/learning_on_cpu.md says why this setting):
 - corpus: English docstring paragraphs of the Python standard library of the running interpreter (files in
   sorted order; doctest and code-like paragraphs dropped), up to 1.2 MB, plus the paragraphs of the
   coop_writing-v0 TRAIN-split prompts (three times; the test split is never read);
