@@ -761,3 +761,15 @@ def test_unsplittable_asserts_run_in_process_and_are_counted(box: Sandbox, test:
     assert split_test(test, ("f",)) is None
     report = box.run(TestJob("def f(x=1):\n    return x\n", (test, "assert f(2) == 2"), call_names=("f",)))
     assert report.tests_unsplit == 1 and report.outcomes[1].status == "passed"
+
+
+def test_judged_calls_that_raise_report_the_exception_type(box: Sandbox) -> None:
+    program = (
+        "class Oops(Exception):\n    pass\ndef f(x):\n    if x == 2:\n        raise Oops('no')\n    return 1 // x\n"
+    )
+    tests = ("assert f(1) == 1", "assert f(0) == 0", "assert f(2) == 0", "assert f(1) == 1 or f(0)", "assert f(0) or 1")
+    report = box.run(TestJob(program, tests, call_names=("f",)))
+    statuses = [(o.status, o.error_type) for o in report.outcomes]
+    assert statuses[:3] == [("passed", None), ("error", "ZeroDivisionError"), ("error", "Oops")]
+    assert statuses[3] == ("passed", None)  # f(0) ran too (calls are evaluated first), but its error is unused
+    assert statuses[4] == ("error", "ZeroDivisionError") and report.tests_unsplit == 0
