@@ -55,4 +55,23 @@ command -v bwrap >/dev/null 2>&1 || echo "min_versions: warning: bwrap not found
 
 (cd "$tmp" && "$venv/bin/python" -c "import llm_coop_envs, pettingzoo; pettingzoo.make('parallel', 'coop_writing-v0')")
 "$venv/bin/python" -m pytest tests/envs tests/test_registry.py -q -p no:cacheprovider
-echo "min_versions: floors $(echo $floors) pass ($((SECONDS - start)) s)"
+echo "min_versions: env floors $(echo $floors) pass ($((SECONDS - start)) s)"
+
+# The learners' floors (constraints-min-train.txt) on top, with the pinned CPU torch, and the learner tests.
+train_floors=$(grep -Ev '^[[:space:]]*(#|$)' constraints-min-train.txt)
+"${pip[@]}" install -q -c constraints.txt "torch==2.13.0"
+# shellcheck disable=SC2086
+"${pip[@]}" install -q --only-binary=:all: -c constraints.txt $train_floors
+"$venv/bin/python" - "$repo/constraints-min-train.txt" <<'PY'
+import sys
+from importlib.metadata import version
+
+bad = [f"{n}: installed {version(n)}, floor {w}" for n, w in
+       (l.split("#", 1)[0].strip().split("==") for l in open(sys.argv[1]) if l.split("#", 1)[0].strip())
+       if version(n) != w]
+if bad:
+    sys.exit("train floors not installed exactly:\n  " + "\n  ".join(bad))
+PY
+HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 \
+  "$venv/bin/python" -m pytest tests/baselines -q -p no:cacheprovider -x
+echo "min_versions: train floors $(echo $train_floors) pass ($((SECONDS - start)) s)"
