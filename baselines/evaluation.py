@@ -179,6 +179,12 @@ class EvalConfig:
             raise EvalError("--model is for --baseline; a --policy run directory names its own models")
         if self.samples < 1:
             raise EvalError("--samples must be >= 1")
+        too_large = [k for k in self.pass_k if not 1 <= k <= self.samples]
+        if too_large:
+            raise EvalError(
+                f"--pass-k {too_large[0]} needs --samples >= {too_large[0]} (pass@k is estimated from n >= k samples "
+                f"per task; got --samples {self.samples})"
+            )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise EvalError("--max-new-tokens must be >= 1")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) < len(self.seeds)):

@@ -399,6 +399,11 @@ def test_cli_flags_and_errors():
         _quick(policy="runs/x", seeds=(1, 1)).validate()
     with pytest.raises(EvalError, match="without '\\{seed\\}'"):
         _quick(policy="runs/x-{seed}", heldout=True).validate()
+    with pytest.raises(EvalError, match="--pass-k 5 needs --samples >= 5"):
+        config_from_args(["--env", "coop_coding-v0", "--baseline", "parallel", "--pass-k", "1", "5"]).validate()
+    config_from_args(
+        ["--env", "coop_coding-v0", "--baseline", "parallel", "--pass-k", "1", "5", "--samples", "5"]
+    ).validate()
 
 
 def test_the_training_runners_held_out_evaluation_is_baselines_heldout(monkeypatch):

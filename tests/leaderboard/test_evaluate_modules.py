@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_coop_envs import make, registry_ids
+from llm_coop_envs import make
 from llm_coop_leaderboard.metrics_evaluate import module_path
 from llm_coop_leaderboard.stats import pass_at_k
 
@@ -39,7 +39,6 @@ def test_return_module_rejects_a_wrong_number_of_texts() -> None:
         metric.compute(predictions=[["only one text"]], references=["post-004"])
 
 
-@pytest.mark.skipif("coop_coding-v0" not in registry_ids(), reason="the coding env is not registered yet")
 def test_return_module_scores_code_in_the_sandbox() -> None:
     env = make("coop_coding-v0")
     task = env.tasks.get(env.task_ids("test")[0])
