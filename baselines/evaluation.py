@@ -86,14 +86,7 @@ from baselines.heldout import (
 )
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import Policies, SamplingConfig
-from baselines.untrained import (
-    PROTOCOLS,
-    SINGLE_AGENT,
-    discussion_prompt,
-    sequential_prompt,
-    single_prompt,
-    split_single,
-)
+from baselines.untrained import PROTOCOLS, SINGLE_AGENT, Generate, Round, run_protocol
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
 from llm_coop_envs.wrappers import SingleAgentEnv
@@ -424,19 +417,6 @@ def _run_models(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ----- protocols -----------------------------------------------------------------------------------------------
-@dataclass
-class Round:
-    """The texts of one round for every episode of a batch, and its timing."""
-
-    actions: list[dict[str, str]]
-    seconds: float  # wall time of the round (parallel agents: the slower agent)
-    generation_seconds: float  # summed time of every generate call
-    new_tokens: list[int]  # per episode
-
-
-Generate = Callable[[str, list[str]], tuple[list[str], list[int], float]]
-
-
 def _generator(source: PolicySource, sampling: SamplingConfig, on_call: Callable[[], None]) -> Generate:
     def generate(role: str, prompts: list[str]) -> tuple[list[str], list[int], float]:
         member = source.roles[role]
@@ -447,47 +427,6 @@ def _generator(source: PolicySource, sampling: SamplingConfig, on_call: Callable
         return out.texts, [int(n) for n in out.mask.sum(dim=1)], seconds
 
     return generate
-
-
-def _parallel_round(generate: Generate, prompts: Mapping[str, list[str]]) -> Round:
-    results = {agent: generate(agent, ps) for agent, ps in prompts.items()}
-    rows = len(next(iter(prompts.values())))
-    actions = [{agent: results[agent][0][i] for agent in prompts} for i in range(rows)]
-    tokens = [sum(results[agent][1][i] for agent in prompts) for i in range(rows)]
-    times = [r[2] for r in results.values()]
-    return Round(actions, max(times), sum(times), tokens)
-
-
-def run_protocol(
-    protocol: str, env_id: str, env: CoopParallelEnv, prompts: Mapping[str, list[str]], generate: Generate
-) -> list[Round]:
-    """The rounds of ``protocol`` for a batch of episodes; ``prompts[agent][i]`` is episode i's env prompt."""
-    agents = list(env.possible_agents)
-    first, second = agents
-    if protocol == "parallel":
-        return [_parallel_round(generate, prompts)]
-    if protocol == "single":
-        rows = len(prompts[first])
-        singles = [single_prompt(env_id, env, {a: prompts[a][i] for a in agents}) for i in range(rows)]
-        texts, tokens, seconds = generate(SINGLE_AGENT, singles)
-        actions = [split_single(env_id, agents, text) for text in texts]
-        return [Round(actions, seconds, seconds, tokens)]
-    if protocol == "sequential":
-        one = _parallel_round(generate, {first: prompts[first]})
-        follow = [sequential_prompt(env_id, p, a[first]) for p, a in zip(prompts[second], one.actions, strict=True)]
-        two = _parallel_round(generate, {second: follow})
-        actions = [{first: a[first], second: b[second]} for a, b in zip(one.actions, two.actions, strict=True)]
-        tokens = [x + y for x, y in zip(one.new_tokens, two.new_tokens, strict=True)]
-        seconds = one.seconds + two.seconds
-        return [Round(actions, seconds, one.generation_seconds + two.generation_seconds, tokens)]
-    if protocol == "discussion":
-        one = _parallel_round(generate, prompts)
-        revised = {
-            agent: [discussion_prompt(p, a[agent], a[other]) for p, a in zip(prompts[agent], one.actions, strict=True)]
-            for agent, other in ((first, second), (second, first))
-        }
-        return [one, _parallel_round(generate, revised)]
-    raise ValueError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
 
 
 def _score_all(env: CoopParallelEnv, items: Sequence[tuple[Task, Mapping[str, str]]]) -> list[Score]:
@@ -541,7 +480,7 @@ def evaluate_seed(
             obs, _ = env.reset(seed=seed * 100_003 + index, options={"task_id": task.task_id})
             for agent in env.possible_agents:
                 prompts[agent].append(obs[agent]["prompt"])
-        rounds = run_protocol(source.protocol, plan.env, env, prompts, generate)
+        rounds = run_protocol(source.protocol, env, prompts, generate)
         records.extend(_batch_records(env, episodes, seed, rounds))
     return records
 

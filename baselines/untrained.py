@@ -1,4 +1,4 @@
-"""Untrained baselines of the MAGRPO paper (docs/method.md, section 10) and the single-agent view of a two-agent env.
+"""Untrained baselines of the MAGRPO paper (docs/method.md, section 10): their prompts and their rounds.
 
 Every prompt is built from the env's own prompt (``obs[agent]["prompt"]`` = role instructions, a blank line,
 the task message; the task message's last paragraph is the role's *cue*, e.g. ``Concise summary:`` or
@@ -12,17 +12,20 @@ Protocols (agent 1 = ``possible_agents[0]``; writing: summary/background; coding
 ``sequential``
     Agent 1 answers first; agent 2's prompt adds, before its cue, ``Your partner already wrote the first
     part:`` + agent 1's text and, on writing envs, a target length: ``Write about N words.`` with N =
-    ``TARGET_RATIO[env] * words(agent 1)`` clamped to the env's published length gate (the ratio is the
-    middle of the reward's length-ratio band). On coding the helper goes first and main is told
-    ``The helper function `aux` is already written:`` + aux's code.
+    ``handoff_ratio * words(agent 1)`` clamped to the env's published length gate (the ratio is the middle
+    of the reward's length-ratio band); the env says all this (:meth:`CoopParallelEnv.handoff_message`). On
+    coding the helper goes first and main is told ``The helper function `aux` is already written:`` + aux's
+    code.
 ``discussion``
     Round 1 as ``parallel``; in round 2 each agent's prompt adds ``In a first draft you wrote:`` (its own
     round-1 text) and ``Your partner wrote:`` (the other's round-1 text) and ``Revise your part.``. A
     transcript record keeps both rounds as two turns (each scored by the env); the reported metrics are the
     last turn's, i.e. round 2's, as in the paper.
 ``single``
-    One model answers ONE prompt for the whole task, see :func:`single_prompt`; its response is split into
-    the env's two actions by :func:`split_single` (the delimiter rule), and the env scores that pair.
+    One model answers ONE prompt for the whole task (the env's :meth:`CoopParallelEnv.single_model_prompt`);
+    its response is split into the env's two actions by the env's
+    :meth:`CoopParallelEnv.split_single_response` (the delimiter rule), and the env scores that pair. An env
+    without these hooks raises instead of getting default texts.
 
 The delimiter rule (:func:`split_single`), writing envs: the model is asked to separate its two parts
 with a line holding only ``---``. Part 1 = the text before the first such line, part 2 = the text after
@@ -42,23 +45,25 @@ with exactly this prompt and split, so training it with MAGRPO is the paper's "f
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 
-from llm_coop_envs.core import CoopParallelEnv
+from llm_coop_envs.core import CoopParallelEnv, split_cue
 from llm_coop_envs.wrappers import SINGLE_AGENT, SINGLE_PREFIX, SingleAgentEnv, base_env_id, make_env
 
 __all__ = [
     "PROTOCOLS",
     "SINGLE_AGENT",
     "SINGLE_PREFIX",
-    "TARGET_RATIO",
+    "Generate",
     "Protocol",
+    "Round",
     "SingleAgentEnv",
     "base_env_id",
     "discussion_prompt",
     "make_env",
+    "run_protocol",
     "sequential_prompt",
     "single_prompt",
     "split_cue",
@@ -67,18 +72,6 @@ __all__ = [
 
 Protocol = Literal["parallel", "sequential", "discussion", "single"]
 PROTOCOLS: tuple[str, ...] = ("single", "parallel", "sequential", "discussion")
-DELIMITER = "---"
-TARGET_RATIO = {"coop_writing-v0": 2.4, "coop_abstract_expansion-v0": 1.15}
-"""Agent 2's target length as a multiple of agent 1's words (middle of the reward's length-ratio band)."""
-_LENGTH_GATE = {"coop_writing-v0": (8, 256), "coop_abstract_expansion-v0": (128, 256)}
-
-
-def split_cue(prompt: str) -> tuple[str, str]:
-    """(everything before the cue, the cue): the cue is the prompt's last blank-line-separated paragraph."""
-    head, sep, cue = prompt.rpartition("\n\n")
-    if not sep:
-        raise ValueError("prompt has no blank line before its cue; cannot insert baseline text")
-    return head, cue
 
 
 def _insert(prompt: str, addition: str) -> str:
@@ -86,20 +79,9 @@ def _insert(prompt: str, addition: str) -> str:
     return f"{head}\n\n{addition.strip()}\n\n{cue}"
 
 
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def sequential_prompt(env_id: str, prompt: str, first_text: str) -> str:
-    """Agent 2's prompt in the sequential pipeline (see the module docstring)."""
-    env_id = base_env_id(env_id)
-    if env_id == "coop_coding-v0":
-        return _insert(prompt, f"The helper function `aux` is already written:\n\n{first_text.strip()}")
-    low, high = _LENGTH_GATE.get(env_id, (1, 10_000))
-    target = min(max(round(TARGET_RATIO.get(env_id, 1.0) * _words(first_text)), low), high)
-    return _insert(
-        prompt, f"Your partner already wrote the first part:\n\n{first_text.strip()}\n\nWrite about {target} words."
-    )
+def sequential_prompt(env: CoopParallelEnv, prompt: str, first_text: str) -> str:
+    """Agent 2's prompt in the sequential pipeline: the env's hand-off message before its cue."""
+    return _insert(prompt, env.handoff_message(first_text))
 
 
 def discussion_prompt(prompt: str, own_draft: str, partner_draft: str) -> str:
@@ -111,25 +93,65 @@ def discussion_prompt(prompt: str, own_draft: str, partner_draft: str) -> str:
     return _insert(prompt, addition)
 
 
-def single_prompt(env_id: str, env: CoopParallelEnv, prompts: Mapping[str, str]) -> str:
+def single_prompt(env: CoopParallelEnv, prompts: Mapping[str, str]) -> str:
     """The one prompt of the single-model baseline: the env's :meth:`~CoopParallelEnv.single_model_prompt`."""
     return env.single_model_prompt(prompts)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+def split_single(env: CoopParallelEnv, text: str) -> dict[str, str]:
+    """The env's joint action from one single-model response (:meth:`~CoopParallelEnv.split_single_response`)."""
+    return env.split_single_response(text)
 
 
-def split_single(env_id: str, agents: list[str], text: str) -> dict[str, str]:
-    """The env's joint action from one single-model response (the delimiter rule, module docstring)."""
+@dataclass
+class Round:
+    """The texts of one round for every episode of a batch, and its timing."""
+
+    actions: list[dict[str, str]]
+    seconds: float  # wall time of the round (parallel agents: the slower agent)
+    generation_seconds: float  # summed time of every generate call
+    new_tokens: list[int]  # per episode
+
+
+Generate = Callable[[str, list[str]], tuple[list[str], list[int], float]]
+
+
+def _parallel_round(generate: Generate, prompts: Mapping[str, list[str]]) -> Round:
+    results = {agent: generate(agent, ps) for agent, ps in prompts.items()}
+    rows = len(next(iter(prompts.values())))
+    actions = [{agent: results[agent][0][i] for agent in prompts} for i in range(rows)]
+    tokens = [sum(results[agent][1][i] for agent in prompts) for i in range(rows)]
+    times = [r[2] for r in results.values()]
+    return Round(actions, max(times), sum(times), tokens)
+
+
+def run_protocol(
+    protocol: str, env: CoopParallelEnv, prompts: Mapping[str, list[str]], generate: Generate
+) -> list[Round]:
+    """The rounds of ``protocol`` for a batch of episodes; ``prompts[agent][i]`` is episode i's env prompt."""
+    agents = list(env.possible_agents)
     first, second = agents
-    if base_env_id(env_id) == "coop_coding-v0":
-        return {first: "", second: text}
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if line.strip() == DELIMITER:
-            return {first: "\n".join(lines[:i]).strip(), second: "\n".join(lines[i + 1 :]).strip()}
-    head, sep, rest = text.strip().partition("\n\n")
-    if sep:
-        return {first: head.strip(), second: rest.strip()}
-    parts = _SENTENCE_END.split(text.strip(), maxsplit=1)
-    return {first: parts[0].strip(), second: parts[1].strip() if len(parts) > 1 else ""}
+    if protocol == "parallel":
+        return [_parallel_round(generate, prompts)]
+    if protocol == "single":
+        rows = len(prompts[first])
+        singles = [single_prompt(env, {a: prompts[a][i] for a in agents}) for i in range(rows)]
+        texts, tokens, seconds = generate(SINGLE_AGENT, singles)
+        actions = [split_single(env, text) for text in texts]
+        return [Round(actions, seconds, seconds, tokens)]
+    if protocol == "sequential":
+        one = _parallel_round(generate, {first: prompts[first]})
+        follow = [sequential_prompt(env, p, a[first]) for p, a in zip(prompts[second], one.actions, strict=True)]
+        two = _parallel_round(generate, {second: follow})
+        actions = [{first: a[first], second: b[second]} for a, b in zip(one.actions, two.actions, strict=True)]
+        tokens = [x + y for x, y in zip(one.new_tokens, two.new_tokens, strict=True)]
+        seconds = one.seconds + two.seconds
+        return [Round(actions, seconds, one.generation_seconds + two.generation_seconds, tokens)]
+    if protocol == "discussion":
+        one = _parallel_round(generate, prompts)
+        revised = {
+            agent: [discussion_prompt(p, a[agent], a[other]) for p, a in zip(prompts[agent], one.actions, strict=True)]
+            for agent, other in ((first, second), (second, first))
+        }
+        return [one, _parallel_round(generate, revised)]
+    raise ValueError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")

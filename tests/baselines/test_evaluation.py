@@ -20,7 +20,6 @@ from baselines.evaluation import (
     main,
     method_record,
     plan_evaluation,
-    run_protocol,
 )
 from baselines.heldout import EVAL_SEED, load_run_policies, read_run
 from baselines.lm.embedded import EMBEDDED_DIR
@@ -28,6 +27,7 @@ from baselines.lm.policies import SamplingConfig
 from baselines.untrained import (
     discussion_prompt,
     make_env,
+    run_protocol,
     sequential_prompt,
     single_prompt,
     split_cue,
@@ -37,52 +37,21 @@ from llm_coop_envs import make, registry_ids
 from llm_coop_leaderboard import load_entry, read_transcript, rescore
 
 
-# ----- prompts and the delimiter rule ----------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("text", "first", "second"),
-    [
-        ("a b c\n---\nd e f", "a b c", "d e f"),
-        ("a b.\n\nc d.\n\ne f.", "a b.", "c d.\n\ne f."),
-        ("One sentence. Then the rest! And more.", "One sentence.", "Then the rest! And more."),
-        ("only one sentence", "only one sentence", ""),
-        ("x\n---\ny\n---\nz", "x", "y\n---\nz"),
-    ],
-)
-def test_split_single_delimiter_rule(text, first, second):
-    assert split_single("coop_writing-v0", ["summary", "elaboration"], text) == {
-        "summary": first,
-        "elaboration": second,
-    }
-
-
-def test_split_single_coding_gives_everything_to_main():
-    assert split_single("coop_coding-v0", ["helper", "main"], "def f():\n    return 1") == {
-        "helper": "",
-        "main": "def f():\n    return 1",
-    }
-
-
+# ----- prompts (the delimiter rule and the hand-off lengths: tests/envs/test_protocol_hooks.py) --------------------
 @pytest.mark.parametrize("env_id", registry_ids())
 def test_baseline_prompts_insert_before_the_cue_and_never_show_tests(env_id):
     env = make(env_id)
     obs, _ = env.reset(seed=0, options={"task_id": env.task_ids("test")[0]})
     first, second = env.possible_agents
     _, cue = split_cue(obs[second]["prompt"])
-    sequential = sequential_prompt(env_id, obs[second]["prompt"], "Partner text here.")
+    sequential = sequential_prompt(env, obs[second]["prompt"], "Partner text here.")
     assert sequential.endswith("\n\n" + cue) and "Partner text here." in sequential
     revised = discussion_prompt(obs[first]["prompt"], "MY DRAFT", "THEIR DRAFT")
     assert revised.index("MY DRAFT") < revised.index("THEIR DRAFT") < revised.index(split_cue(obs[first]["prompt"])[1])
-    single = single_prompt(env_id, env, {a: o["prompt"] for a, o in obs.items()})
+    single = single_prompt(env, {a: o["prompt"] for a, o in obs.items()})
     assert env.role_instructions(second) not in single
     for prompt in (sequential, revised, single):
         assert "def check(" not in prompt and "assert " not in prompt
-
-
-def test_sequential_target_length_is_clamped_to_the_length_gate():
-    prompt = "Instructions\n\nPost text\n\nDetailed summary:"
-    assert "Write about 24 words." in sequential_prompt("coop_writing-v0", prompt, " ".join(["w"] * 10))
-    assert "Write about 256 words." in sequential_prompt("coop_writing-v0", prompt, " ".join(["w"] * 200))
-    assert "Write about 128 words." in sequential_prompt("coop_abstract_expansion-v0", prompt, "short")
 
 
 @pytest.mark.parametrize("env_id", ["coop_writing-v0", "coop_abstract_expansion-v0"])
@@ -96,7 +65,7 @@ def test_single_agent_env_scores_the_split_response_like_the_two_agent_env(env_i
     _, rewards, terms, truncs, infos = branch.step({"single": text})
     plain = make(env_id)
     plain.reset(seed=0, options={"task_id": task})
-    actions = split_single(env_id, plain.possible_agents, text)
+    actions = split_single(plain, text)
     _, plain_rewards, *_ = plain.step(actions)
     assert rewards["single"] == pytest.approx(plain_rewards[plain.possible_agents[0]])
     assert infos["single"]["joint_reward"] == rewards["single"] and (terms["single"] or truncs["single"])
@@ -126,10 +95,10 @@ def _prompts(env):
 def test_parallel_round_costs_the_slower_agent_sequential_the_sum():
     env = make("coop_writing-v0")
     gen = ScriptedGenerate({"summary": 1.0, "elaboration": 3.0})
-    (parallel,) = run_protocol("parallel", "coop_writing-v0", env, _prompts(env), gen)
+    (parallel,) = run_protocol("parallel", env, _prompts(env), gen)
     assert parallel.seconds == 3.0 and parallel.generation_seconds == 4.0 and parallel.new_tokens == [6]
     gen = ScriptedGenerate({"summary": 1.0, "elaboration": 3.0})
-    (sequential,) = run_protocol("sequential", "coop_writing-v0", env, _prompts(env), gen)
+    (sequential,) = run_protocol("sequential", env, _prompts(env), gen)
     assert sequential.seconds == 4.0
     assert [role for role, _ in gen.calls] == ["summary", "elaboration"]
     assert "summary answer 1." in gen.calls[1][1][0]  # agent 2 saw agent 1's text
@@ -138,12 +107,12 @@ def test_parallel_round_costs_the_slower_agent_sequential_the_sum():
 def test_discussion_round_two_sees_both_drafts_and_single_uses_one_call():
     env = make("coop_writing-v0")
     gen = ScriptedGenerate({})
-    rounds = run_protocol("discussion", "coop_writing-v0", env, _prompts(env), gen)
+    rounds = run_protocol("discussion", env, _prompts(env), gen)
     assert len(rounds) == 2 and isinstance(rounds[1], Round)
     round_two = [prompts[0] for role, prompts in gen.calls[2:]]
     assert all("summary answer 1." in p and "elaboration answer 2." in p for p in round_two)
     gen = ScriptedGenerate({})
-    (single,) = run_protocol("single", "coop_writing-v0", env, _prompts(env), gen)
+    (single,) = run_protocol("single", env, _prompts(env), gen)
     assert [role for role, _ in gen.calls] == ["single"] and set(single.actions[0]) == {"summary", "elaboration"}
 
 

@@ -31,6 +31,9 @@ def test_single_model_prompt_has_the_instructions_the_task_and_a_cue(env_id):
         ("First paragraph.\n\nSecond one here.", ("First paragraph.", "Second one here.")),
         ("First sentence. Then the rest of it.", ("First sentence.", "Then the rest of it.")),
         ("Only one sentence", ("Only one sentence", "")),
+        ("a b.\n\nc d.\n\ne f.", ("a b.", "c d.\n\ne f.")),
+        ("x\n---\ny\n---\nz", ("x", "y\n---\nz")),
+        ("One sentence. Then the rest! And more.", ("One sentence.", "Then the rest! And more.")),
     ],
 )
 def test_the_delimiter_rule(text, parts):
