@@ -205,6 +205,8 @@ class Algorithm(ABC):
     """Leaderboard family, e.g. ``joint-reward`` (trained on the joint reward), ``independent-reward``."""
     description: ClassVar[str] = ""
     """One sentence on the method (default: the first paragraph of the class docstring)."""
+    single_agent_name: ClassVar[str] = ""
+    """Name of the method with one agent, on the env's single-agent view (default: "Single-agent <name>")."""
     config_class: ClassVar[type | None] = None
     """Dataclass of the algorithm's own settings (one flag per field), or None when it has none."""
     update_epochs: ClassVar[int] = 1
@@ -397,13 +399,15 @@ def _update(
 
 
 def algorithm_card(cls: type[Algorithm]) -> dict[str, str]:
-    """``{"name", "display_name", "family", "description"}`` of an algorithm class, for leaderboard entries."""
+    """``{"name", "display_name", "family", "description", "single_agent_name"}`` of an algorithm class, for
+    leaderboard entries."""
     doc = (cls.__doc__ or "").strip().split("\n\n")[0]
     return {
         "name": cls.name,
         "display_name": cls.display_name or cls.__name__,
         "family": cls.family,
         "description": cls.description or " ".join(doc.split()),
+        "single_agent_name": cls.single_agent_name or f"Single-agent {cls.display_name or cls.__name__}",
     }
 
 

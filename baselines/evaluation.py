@@ -73,16 +73,13 @@ from typing import Any
 
 import torch
 
+from baselines.eval_plan import RUN_ONLY_FIELDS, EvalConfig, EvalError, Plan, entry_env_kwargs, plan_evaluation
 from baselines.heldout import (
-    HELDOUT_SPLIT,
     HeldoutRun,
-    RunError,
     RunRecord,
-    eval_seeds,
     heldout_row,
     load_run_policies,
     play_heldout,
-    read_run,
 )
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import Policies, SamplingConfig
@@ -111,218 +108,6 @@ __all__ = [
     "plan_evaluation",
     "run_protocol",
 ]
-
-BASELINE_DEFAULTS: dict[str, Any] = {
-    "split": "test",
-    "seeds": (0,),
-    "max_new_tokens": 96,
-    "temperature": 1.0,
-    "top_k": 0,
-    "top_p": 1.0,
-}
-"""What ``--baseline`` uses for a flag left out (``--policy`` takes the run's values instead)."""
-_RUN_ONLY_FIELDS = ("seed", "output_dir", "resume", "overwrite")
-"""config.json fields that differ between the runs of one ``{seed}`` template."""
-
-
-class EvalError(ValueError):
-    """An evaluation that cannot run as asked; the message names the flag, field or file."""
-
-
-@dataclass
-class EvalConfig:
-    """What to evaluate and how (every field is a flag of `llm-coop eval`; None = not given)."""
-
-    env: str | None = None
-    policy: str | None = None
-    baseline: str | None = None
-    model: str | None = None
-    split: str | None = None
-    seeds: tuple[int, ...] | None = None
-    samples: int = 1
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    tasks: int | None = None
-    batch_tasks: int = 0
-    pass_k: tuple[int, ...] = (1,)
-    heldout: bool = False
-    entry_id: str | None = None
-    method_name: str | None = None
-    root: Path | None = None
-    overwrite: bool = False
-    device: str = "cpu"
-    threads: int = 1
-    progress: bool = True
-    command: str = ""
-
-    def validate(self) -> None:
-        """Raise :class:`EvalError` naming the first bad flag (checks that need no run directory)."""
-        if (self.policy is None) == (self.baseline is None):
-            raise EvalError("give exactly one of --policy (a trained run) and --baseline (an untrained protocol)")
-        if self.baseline is not None:
-            if self.baseline not in PROTOCOLS:
-                raise EvalError(f"--baseline must be one of {', '.join(PROTOCOLS)}, got {self.baseline!r}")
-            if self.env is None:
-                raise EvalError("--baseline needs --env (a --policy run names its own env)")
-            if self.heldout:
-                raise EvalError("--heldout reproduces a trained run's evaluation; it needs --policy")
-        if self.policy is not None and self.model is not None:
-            raise EvalError("--model is for --baseline; a --policy run directory names its own models")
-        if self.samples < 1:
-            raise EvalError("--samples must be >= 1")
-        too_large = [k for k in self.pass_k if not 1 <= k <= self.samples]
-        if too_large:
-            raise EvalError(
-                f"--pass-k {too_large[0]} needs --samples >= {too_large[0]} (pass@k is estimated from n >= k samples "
-                f"per task; got --samples {self.samples})"
-            )
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise EvalError("--max-new-tokens must be >= 1")
-        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) < len(self.seeds)):
-            raise EvalError(f"--seeds needs at least one seed, each once; got {list(self.seeds)}")
-        if self.heldout:
-            self._validate_heldout()
-
-    def _validate_heldout(self) -> None:
-        assert self.policy is not None
-        if "{seed}" in self.policy:
-            raise EvalError("--heldout reproduces one run: give its directory, without '{seed}'")
-        for flag, given in (("--seeds", self.seeds is not None), ("--samples", self.samples != 1)):
-            if given:
-                raise EvalError(f"--heldout uses the run's own evaluation seeds and one sample: leave out {flag}")
-        if self.batch_tasks:
-            raise EvalError("--heldout batches every task as training did: leave out --batch-tasks")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """An evaluation with every setting resolved (from the run's config.json, the flags, or the defaults)."""
-
-    env: str  # the entry's env id (the base env of a single-agent run)
-    env_kwargs: dict[str, Any]  # kwargs of the policy env as training passed them (baselines: none)
-    split: str
-    seeds: tuple[int, ...]
-    tasks: int  # first N tasks of the split, 0 = all
-    sampling: SamplingConfig  # per member (a single-agent baseline gets twice max_new_tokens)
-    chat_template: bool
-    protocol: str
-    seed_kind: str  # "training" (one run per seed) or "sampling" (one model, several sampling seeds)
-    runs: dict[int, RunRecord] = field(default_factory=dict)  # sampling seed -> run (--policy only)
-
-    @property
-    def run(self) -> RunRecord | None:
-        return next(iter(self.runs.values()), None)
-
-    @property
-    def training_seeds(self) -> list[int]:
-        return sorted({run.seed for run in self.runs.values()})
-
-
-# ----- resolving the settings ----------------------------------------------------------------------------------
-def plan_evaluation(cfg: EvalConfig) -> Plan:
-    """Every setting of the evaluation: a run's come from its config.json (flags may only repeat them), a
-    baseline's from the flags or :data:`BASELINE_DEFAULTS`. Raises :class:`EvalError` naming the flag."""
-    cfg.validate()
-    if cfg.baseline is not None:
-        return _baseline_plan(cfg)
-    try:
-        return _policy_plan(cfg)
-    except RunError as error:
-        raise EvalError(str(error)) from None
-
-
-def _baseline_plan(cfg: EvalConfig) -> Plan:
-    def pick(name: str) -> Any:
-        value = getattr(cfg, name)
-        return BASELINE_DEFAULTS[name] if value is None else value
-
-    budget = pick("max_new_tokens") * (2 if cfg.baseline == "single" else 1)  # single: both parts in one answer
-    sampling = SamplingConfig(budget, pick("temperature"), pick("top_k"), pick("top_p"))
-    assert cfg.env is not None and cfg.baseline is not None  # validate()
-    return Plan(
-        env=cfg.env,
-        env_kwargs={},
-        split=pick("split"),
-        seeds=tuple(pick("seeds")),
-        tasks=cfg.tasks or 0,
-        sampling=sampling,
-        chat_template=False,
-        protocol=cfg.baseline,
-        seed_kind="sampling",
-    )
-
-
-def _policy_runs(cfg: EvalConfig) -> tuple[dict[int, RunRecord], str]:
-    """Sampling seed -> run, and the seed kind (``training``: one run per seed via ``{seed}``)."""
-    assert cfg.policy is not None
-    if cfg.heldout:
-        run = read_run(Path(cfg.policy))
-        return {seed: run for seed in eval_seeds(int(run.field("eval_seeds")))}, "sampling"
-    seeds = cfg.seeds or BASELINE_DEFAULTS["seeds"]
-    if "{seed}" not in cfg.policy:
-        run = read_run(Path(cfg.policy))
-        return {seed: run for seed in seeds}, "sampling"
-    runs = {seed: read_run(Path(cfg.policy.replace("{seed}", str(seed)))) for seed in seeds}
-    first = next(iter(runs.values()))
-    for seed, run in runs.items():
-        if run.seed != seed:
-            raise EvalError(
-                f"{run.path}: trained with seed {run.seed}, but '{{seed}}' in --policy names it seed {seed}"
-            )
-        for key in sorted(set(first.config) | set(run.config)):
-            if key not in _RUN_ONLY_FIELDS and first.config.get(key) != run.config.get(key):
-                raise EvalError(
-                    f"{run.path} and {first.path} differ in config field {key!r} ({run.config.get(key)!r} vs "
-                    f"{first.config.get(key)!r}): the runs of one entry must share their configuration"
-                )
-    return runs, "training"
-
-
-def _check_flag(flag: str, given: Any, recorded: Any, run: RunRecord, also: Sequence[Any] = ()) -> None:
-    if given is None or given == recorded or given in also:
-        return
-    raise EvalError(
-        f"{flag} {given!r} contradicts the run: {run.path / 'config.json'} records {recorded!r}; leave {flag} "
-        "out to evaluate the run as it was trained"
-    )
-
-
-def _policy_plan(cfg: EvalConfig) -> Plan:
-    runs, kind = _policy_runs(cfg)
-    run = next(iter(runs.values()))
-    _check_flag("--env", cfg.env, run.base_env, run, also=[run.env_id])
-    _check_flag("--split", cfg.split, HELDOUT_SPLIT, run)
-    sampling = run.sampling
-    for name in ("max_new_tokens", "temperature", "top_k", "top_p"):
-        _check_flag(f"--{name.replace('_', '-')}", getattr(cfg, name), getattr(sampling, name), run)
-    tasks = cfg.tasks or 0
-    if cfg.heldout:
-        tasks = int(run.field("eval_tasks"))
-        _check_flag("--tasks", cfg.tasks, tasks, run)
-    return Plan(
-        env=run.base_env,
-        env_kwargs=run.env_kwargs,
-        split=HELDOUT_SPLIT,
-        seeds=tuple(runs),
-        tasks=tasks,
-        sampling=sampling,
-        chat_template=bool(run.field("chat_template")),
-        protocol="single" if run.single else "parallel",
-        seed_kind=kind,
-        runs=runs,
-    )
-
-
-def entry_env_kwargs(env_id: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``kwargs`` without those the env already has by default, so that a run at the env's defaults is filed
-    under the registered spec (the table of the untrained baselines) and any other value under its own."""
-    if not kwargs:
-        return {}
-    default = make(env_id)
-    missing = object()
-    return {key: value for key, value in kwargs.items() if getattr(default, key, missing) != value}
 
 
 def _root(cfg: EvalConfig) -> Path:
@@ -590,10 +375,10 @@ def method_record(cfg: EvalConfig, plan: Plan) -> dict[str, Any]:
     if card["family"] not in method_families():
         known = ", ".join(method_families())
         raise EvalError(f"algorithm {algo!r} declares family {card['family']!r}; leaderboard families: {known}")
-    name = cfg.method_name or (f"Single-agent {card['display_name']}" if run.single else card["display_name"])
+    name = cfg.method_name or (card["single_agent_name"] if run.single else card["display_name"])
     config = {"protocol": plan.protocol, "algo": algo, "train_steps": run.steps, "train_env": run.env_id}
     # the full training config of the run (what `llm-coop train` wrote to config.json), seed and directory aside
-    config["train_config"] = {k: v for k, v in sorted(run.config.items()) if k not in _RUN_ONLY_FIELDS}
+    config["train_config"] = {k: v for k, v in sorted(run.config.items()) if k not in RUN_ONLY_FIELDS}
     description = f"{card['description']} Trained by `llm-coop train` for {run.steps} steps per run ({cfg.policy})."
     return {"name": name, "family": card["family"], "description": description, "config": config}
 

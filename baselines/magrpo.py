@@ -81,6 +81,7 @@ class MAGRPO(GroupRelative):
     display_name = "MAGRPO"
     family = "joint-reward"  # <- the difference: trained on the joint reward
     description = "Every agent is trained on the joint reward with a group-relative advantage (arXiv 2508.04652)."
+    single_agent_name = "Single-agent GRPO"  # with one agent, MAGRPO is GRPO without std normalisation
 
     def advantages(self, group: GroupBatch) -> dict[str, torch.Tensor]:
         """agent -> (G,) advantages: every agent's response is credited with the JOINT return."""

@@ -325,7 +325,7 @@ def test_single_agent_grpo_trains_on_the_single_view_and_evaluates_as_single(tmp
     assert (run / "final" / "single").is_dir()
     result = evaluate(_quick(env="coop_writing-v0", policy=str(run), root=tmp_path))
     entry = load_entry(result.entry_path, tmp_path)
-    assert entry["method"]["name"] == "Single-agent MAGRPO" and entry["method"]["config"]["protocol"] == "single"
+    assert entry["method"]["name"] == "Single-agent GRPO" and entry["method"]["config"]["protocol"] == "single"
     assert entry["env"]["id"] == "coop_writing-v0" and entry["decoding"]["max_new_tokens"] == 6  # the run's budget
     transcript = read_transcript(tmp_path / entry["transcript"]["path"])
     assert set(transcript.records[0].turns[0].actions) == {"summary", "elaboration"}  # split into the env's actions
