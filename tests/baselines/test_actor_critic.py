@@ -160,3 +160,32 @@ def test_resuming_a_critic_from_a_checkpoint_without_its_state_is_an_error(tmp_p
     torch.save(state, out / "checkpoint.pt")
     with pytest.raises(RunDirError, match="holds no state of IAC"):
         train(small_run(steps=2, output_dir=out, resume=True), IAC(IACConfig()), False, make_toy_env)
+
+
+def test_an_algorithm_sees_the_step_task_infos_prompt_ids_and_a_differentiable_representation():
+    from baselines.algorithm import train_step
+    from baselines.training import build_policies
+
+    seen = []
+
+    class Looking(MAGRPO):
+        def advantages(self, group):
+            prompt, response = group.representation("first", grad=True)
+            own = group.policies.parameters("first")
+            grads = torch.autograd.grad(response.sum(), own, allow_unused=True)  # before any update
+            seen.append((group, prompt, response, grads))
+            return super().advantages(group)
+
+    run = small_run(finetune="lora", lora_r=4)
+    env = make_toy_env()
+    policies = build_policies(run, env.possible_agents)
+    opts = {a: torch.optim.AdamW(policies.parameters(a), lr=1e-3) for a in env.possible_agents}
+    obs, _ = env.reset(options={"task_id": "train-4"})
+    train_step(Looking(MAGRPOConfig()), env, obs, policies, opts, run, None, 7, "train-4")
+    group, prompt, response, own = seen[0]
+    assert (group.step, group.task_id) == (7, "train-4")
+    assert [info["first"]["joint_reward"] for info in group.infos] == group.joint_rewards.tolist()
+    ids, mask = group.prompt_ids("second")
+    assert torch.equal(ids, group.samples["second"].sequences[:, : ids.shape[1]]) and bool(mask.all())
+    assert prompt.shape == response.shape == (3, policies.hidden_size("first"))
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in own), "the gradient reaches the agent's adapter"

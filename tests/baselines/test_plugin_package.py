@@ -67,3 +67,17 @@ def test_the_example_package_trains_and_resumes_identically(installed, tmp_path,
     train(small_run(steps=3, output_dir=cut, resume=True), cls(cls.config_class()), False, make_toy_env)
     assert rows(cut / "metrics.jsonl") == rows(whole / "metrics.jsonl")
     assert torch.load(cut / "checkpoint.pt", weights_only=False)["algorithm"]["state"] == state["state"]
+
+
+def test_the_example_package_gets_a_leaderboard_entry_named_by_its_class(installed, tmp_path):
+    from baselines.evaluation import EvalConfig, evaluate
+    from llm_coop_leaderboard import load_entry
+
+    cls = installed
+    run = tmp_path / "run"
+    writing = small_run(steps=1, output_dir=run, env="coop_writing-v0", eval_tasks=1)
+    train(writing, cls(cls.config_class()), False)
+    result = evaluate(EvalConfig(policy=str(run), root=tmp_path, progress=False, command="llm-coop eval (test)"))
+    entry = load_entry(result.entry_path, tmp_path)
+    assert entry["method"]["name"] == "Normalised-return critic (example)"
+    assert entry["method"]["family"] == "joint-reward" and entry["method"]["config"]["algo"] == "normalised_critic"
