@@ -29,25 +29,34 @@ import torch
 
 from baselines.algorithm import Algorithm, GroupBatch, PolicyInfo, TrainableModule
 
-__all__ = ["IAC", "IACConfig", "ValueHead"]
+__all__ = ["IAC", "CriticSettings", "IACConfig", "ValueHead"]
 
 
 @dataclass
-class IACConfig:
+class CriticSettings:
+    """How a learned critic is built and optimised (IAC's heads, MAAC's central critic)."""
+
+    critic_lr: float = 1e-3
+    """AdamW learning rate of the critic."""
+    critic_hidden: int = 64
+    """Width of the critic's hidden layer."""
+    critic_max_grad_norm: float | None = 1.0
+    """Clip the critic's gradient norm; None = no clipping."""
+
+    def trainable(self, module: torch.nn.Module) -> TrainableModule:
+        return TrainableModule(module, lr=self.critic_lr, max_grad_norm=self.critic_max_grad_norm)
+
+
+@dataclass
+class IACConfig(CriticSettings):
     """Independent actor-critic settings."""
 
     reward: Literal["own", "joint"] = "own"
     """Which return each agent's critic learns and its advantage uses: its own, or the joint one."""
-    critic_lr: float = 1e-3
-    """AdamW learning rate of every value head."""
-    critic_hidden: int = 64
-    """Width of the value head's hidden layer."""
-    critic_max_grad_norm: float | None = 1.0
-    """Clip each value head's gradient norm; None = no clipping."""
 
 
 class ValueHead(torch.nn.Module):
-    """A two-layer MLP from a (B, H) representation to (B,) values."""
+    """A two-layer MLP from (B, F) features to (B,) values."""
 
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
@@ -69,10 +78,7 @@ class IAC(Algorithm):
 
     def trainable_modules(self, policy: PolicyInfo) -> dict[str, TrainableModule]:
         self.heads = {a: ValueHead(policy.hidden_sizes[a], self.cfg.critic_hidden) for a in policy.agents}
-        return {
-            f"critic_{a}": TrainableModule(head, lr=self.cfg.critic_lr, max_grad_norm=self.cfg.critic_max_grad_norm)
-            for a, head in self.heads.items()
-        }
+        return {f"critic_{a}": self.cfg.trainable(head) for a, head in self.heads.items()}
 
     def targets(self, group: GroupBatch) -> dict[str, torch.Tensor]:
         """agent -> (G,) the return its critic regresses (aligned joint actions: joint action g = response g)."""

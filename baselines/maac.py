@@ -10,7 +10,7 @@ its joint action (one value per joint action, (J,)). Compare with `iac.py` (one 
     llm-coop train --env coop_writing-v0 --algo maac --output-dir runs/w0-maac
 
 ==========================================================  =============================================
-critic   Q(s, a_j) = MLP([h_1(x^1), h_1(y_j^1), ..., h_n(y_j^n)])  `CentralCritic`, `MAAC.q_values`
+critic   Q(s, a_j) = MLP([h_1(x^1), h_1(y_j^1), ..., h_n(y_j^n)])  `iac.ValueHead`, `MAAC.q_values`
 value    V(s) = mean_j Q(s, a_j)                                   `MAAC.advantages`
 advantage A_j = R_j - V(s)   (``--advantage critic``: Q(s, a_j) - V(s))   `MAAC.advantages`
 critic loss  mean_j (Q(s, a_j) - R_j)^2                            `MAAC.module_loss`
@@ -28,33 +28,17 @@ from typing import Literal
 import torch
 
 from baselines.algorithm import Algorithm, GroupBatch, PolicyInfo, TrainableModule
+from baselines.iac import CriticSettings, ValueHead
 
-__all__ = ["MAAC", "CentralCritic", "MAACConfig"]
+__all__ = ["MAAC", "MAACConfig"]
 
 
 @dataclass
-class MAACConfig:
+class MAACConfig(CriticSettings):
     """Centralised-critic actor-critic settings."""
 
     advantage: Literal["return", "critic"] = "return"
     """return: A_j = R_j - V(s) (Monte-Carlo return, critic baseline); critic: A_j = Q(s, a_j) - V(s)."""
-    critic_lr: float = 1e-3
-    """AdamW learning rate of the critic."""
-    critic_hidden: int = 64
-    """Width of the critic's hidden layer."""
-    critic_max_grad_norm: float | None = 1.0
-    """Clip the critic's gradient norm; None = no clipping."""
-
-
-class CentralCritic(torch.nn.Module):
-    """Q(s, a) from the concatenated (J, F) features of every agent's prompt and response."""
-
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:  # (J, F) -> (J,)
-        return self.net(features.float()).squeeze(-1)
 
 
 class MAAC(Algorithm):
@@ -69,8 +53,8 @@ class MAAC(Algorithm):
 
     def trainable_modules(self, policy: PolicyInfo) -> dict[str, TrainableModule]:
         width = sum(2 * policy.hidden_sizes[a] for a in policy.agents)
-        self.critic = CentralCritic(width, self.cfg.critic_hidden)
-        return {"critic": TrainableModule(self.critic, self.cfg.critic_lr, max_grad_norm=self.cfg.critic_max_grad_norm)}
+        self.critic = ValueHead(width, self.cfg.critic_hidden)  # Q(s, a) from the (J, F) joint features
+        return {"critic": self.cfg.trainable(self.critic)}
 
     def features(self, group: GroupBatch) -> torch.Tensor:  # (J, 2 * sum H)
         """Per joint action: every agent's prompt and response features, in agent order (detached)."""
