@@ -3,13 +3,11 @@ per-joint-action advantages, algorithm state and modules in checkpoints, kill-an
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from run_helpers import ctrl_c_at_step, metric_rows
 from toy_env import make_toy_env
 
-import baselines.training as training
 from baselines.algorithm import GroupBatch, PolicyInfo, resolve_algorithm
 from baselines.config import RunConfig
 from baselines.iac import IAC, IACConfig
@@ -119,34 +117,20 @@ def small_run(**kw) -> RunConfig:
     return RunConfig(**{**base, **kw})
 
 
-def rows(path):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in path.open()]
-
-
 @pytest.mark.parametrize("name", ["iac", "maac"])
 def test_actor_critics_train_and_resume_identically_after_a_kill(name, tmp_path, monkeypatch):
     cls = resolve_algorithm(name)
     whole = tmp_path / "whole"
     train(small_run(steps=3, output_dir=whole), cls(cls.config_class()), False, make_toy_env)
-    metrics = rows(whole / "metrics.jsonl")
+    metrics = metric_rows(whole / "metrics.jsonl")
     assert all("critic/loss" in r and f"grad_norm/critic{'_first' if name == 'iac' else ''}" in r for r in metrics)
     state = torch.load(whole / "checkpoint.pt", weights_only=False)
     assert state["algorithm"]["modules"]["modules"], "the critic's weights are in the checkpoint"
-    real, calls = training.train_step, []
-
-    def killed(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(training, "train_step", killed)
     cut = tmp_path / "cut"
-    with pytest.raises(TrainingInterrupted):
+    with ctrl_c_at_step(monkeypatch, 1), pytest.raises(TrainingInterrupted):
         train(small_run(steps=3, output_dir=cut), cls(cls.config_class()), False, make_toy_env)
-    monkeypatch.setattr(training, "train_step", real)
     train(small_run(steps=3, output_dir=cut, resume=True), cls(cls.config_class()), False, make_toy_env)
-    assert rows(cut / "metrics.jsonl") == metrics
+    assert metric_rows(cut / "metrics.jsonl") == metrics
     ours = torch.load(cut / "checkpoint.pt", weights_only=False)["algorithm"]["modules"]["modules"]
     for module, weights in state["algorithm"]["modules"]["modules"].items():
         assert all(torch.equal(w, ours[module][k]) for k, w in weights.items()), module

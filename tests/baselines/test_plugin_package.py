@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import tomllib
 import torch
+from run_helpers import ctrl_c_at_step, metric_rows
 from toy_env import make_toy_env
 
-import baselines.training as training
 from baselines import algorithm as algorithm_module
 from baselines.algorithm import resolve_algorithm
 from baselines.config import RunConfig
@@ -39,10 +39,6 @@ def small_run(**kw) -> RunConfig:
     return RunConfig(**{**base, "lr": 1e-3, **kw})
 
 
-def rows(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in path.open()]
-
-
 def test_the_example_package_trains_and_resumes_identically(installed, tmp_path, monkeypatch):
     cls = installed
     whole = tmp_path / "whole"
@@ -50,22 +46,12 @@ def test_the_example_package_trains_and_resumes_identically(installed, tmp_path,
     assert json.loads((whole / "config.json").read_text())["algo"] == "normalised_critic"
     state = torch.load(whole / "checkpoint.pt", weights_only=False)["algorithm"]
     assert state["state"]["count"] == 9 and set(state["modules"]["modules"]) == {"value"}  # 3 steps x G
-    assert all("critic/loss" in r and "grad_norm/value" in r for r in rows(whole / "metrics.jsonl"))
-    real, calls = training.train_step, []
-
-    def killed(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(training, "train_step", killed)
+    assert all("critic/loss" in r and "grad_norm/value" in r for r in metric_rows(whole / "metrics.jsonl"))
     cut = tmp_path / "cut"
-    with pytest.raises(TrainingInterrupted):
+    with ctrl_c_at_step(monkeypatch, 2), pytest.raises(TrainingInterrupted):
         train(small_run(steps=3, output_dir=cut), cls(cls.config_class()), False, make_toy_env)
-    monkeypatch.setattr(training, "train_step", real)
     train(small_run(steps=3, output_dir=cut, resume=True), cls(cls.config_class()), False, make_toy_env)
-    assert rows(cut / "metrics.jsonl") == rows(whole / "metrics.jsonl")
+    assert metric_rows(cut / "metrics.jsonl") == metric_rows(whole / "metrics.jsonl")
     assert torch.load(cut / "checkpoint.pt", weights_only=False)["algorithm"]["state"] == state["state"]
 
 

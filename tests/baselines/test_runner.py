@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from run_helpers import ctrl_c_at_step, metric_rows
 from toy_env import ToyEnv, make_toy_env
 
-import baselines.training as training
 from baselines.algorithm import GroupBatch, train_step
 from baselines.config import RunConfig
 from baselines.independent import IndependentGRPO
@@ -140,26 +140,16 @@ def test_a_run_dir_holding_another_run_is_refused_unless_overwrite(tmp_path):
 def test_ctrl_c_checkpoints_and_the_resumed_run_matches(tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     train(small_run(steps=3, output_dir=whole, save_every=10), magrpo(), False, make_toy_env)
-    real, calls = training.train_step, []
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(training, "train_step", interrupted)
     cut = tmp_path / "cut"
-    with pytest.raises(TrainingInterrupted, match="interrupted at step 2; continue with --resume"):
+    with (
+        ctrl_c_at_step(monkeypatch, 2),
+        pytest.raises(TrainingInterrupted, match="interrupted at step 2; continue with --resume"),
+    ):
         train(small_run(steps=3, output_dir=cut, save_every=10), magrpo(), False, make_toy_env)
     assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 2
-    monkeypatch.setattr(training, "train_step", real)
     train(small_run(steps=3, output_dir=cut, save_every=10, resume=True), magrpo(), False, make_toy_env)
 
-    def rows(path):
-        return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in path.open()]
-
-    assert rows(whole / "metrics.jsonl") == rows(cut / "metrics.jsonl")
+    assert metric_rows(whole / "metrics.jsonl") == metric_rows(cut / "metrics.jsonl")
 
 
 def test_cli_refuses_one_generation_for_group_baselines(tmp_path):
