@@ -9,6 +9,7 @@ transformers' retries, which take tens of seconds, and its "Repo id must be in t
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 from baselines.lm.embedded import EMBEDDED_DIR
@@ -29,8 +30,10 @@ def _builtin_hint() -> str:
     return f"built-in models: {', '.join(BUILTIN_MODELS)}"
 
 
+@cache  # the runner and Policies both resolve each agent's name: ask the Hub once per name
 def resolve_model(name: str | None) -> str:
-    """The local directory or Hub id to load for ``name`` (None = the embedded model)."""
+    """The local directory or Hub id to load for ``name`` (None = the embedded model). Failures are not
+    cached: a name that failed is checked again next time."""
     if name is None or name in BUILTIN_MODELS:
         return str(BUILTIN_MODELS[name or "embedded"])
     path = Path(name).expanduser()
