@@ -68,9 +68,22 @@ With ``max_turns >= 2`` each agent's next prompt holds its own earlier prompts a
 teammate's) and a feedback message chosen by ``feedback``: ``"level"`` (the paper's level feedback: aux and
 main found or missing, syntax error with line and column, each visible test's outcome with its error type,
 whether main calls aux and uses its result, a thin-wrapper warning, then a request to revise), ``"plain"``
-(only the request to revise), or a callable ``fn(task_fields, agent, history) -> str`` (e.g. an expert
-model; ``history`` is the tuple of :class:`~llm_coop_envs.core.Turn` so far). A callable cannot be stored
+(only the request to revise), model feedback (below), or a callable ``fn(task_fields, agent, history) ->
+str`` (``history`` is the tuple of :class:`~llm_coop_envs.core.Turn` so far). A callable cannot be stored
 in a registry spec: build that env directly, ``CodingEnv(feedback=fn)``.
+
+**Model feedback** (:mod:`llm_coop_envs.feedback`), by name, so it works from the registry and a CLI flag:
+``"hf:<name or path>"`` (a Hugging Face causal LM run in this process, e.g. ``"hf:embedded"``; built-in
+names resolve through ``baselines.lm.loading`` when installed; needs ``pip install 'llm-coop-envs[train]'``)
+or ``"openai:<base url>"`` (an OpenAI-compatible server, ``POST <base url>/chat/completions`` with model
+``feedback_model``; the key comes from ``$OPENAI_API_KEY`` at each request and is never stored in the spec).
+The model is shown the problem, the team's last code (the extracted ``aux`` and main function, or the raw
+answer when none was found) and the level feedback's diagnostics of the VISIBLE tests only, and is asked
+for short feedback to one agent; its reply (greedy, at most ``feedback_max_tokens`` new tokens, clipped to
+1,500 characters) followed by the request to revise is the agent's next message. Both agents' code reaches
+the model, so its feedback may describe the teammate's function. The model is created once per env, loads
+at its first use and is shared by ``env.clone()`` copies; a failure (load, HTTP status, refused connection,
+timeout, malformed reply) raises :class:`~llm_coop_envs.feedback.FeedbackError` naming the model or URL.
 
 **Batch scoring**: ``env.score_many([(task, actions), ...])`` returns the :class:`~llm_coop_envs.core.Score`
 of many joint actions (a GRPO group, an eval split) from ONE concurrent sandbox batch; ``step`` scores one.
@@ -92,7 +105,11 @@ argument             default     meaning
                                  ``entry_point`` (``split`` optional, default "test")
 ``split``            None        split drawn by ``reset()``; None: "train" if present, else the first
 ``sandbox``          "auto"      "auto" (bubblewrap when usable), "bwrap", "subprocess", or a ``Sandbox``
-``feedback``         "level"     "level", "plain" or a callable (see Episode end)
+``feedback``         "level"     "level", "plain", "hf:<name or path>", "openai:<base url>" or a callable
+                                 (see Episode end and Model feedback)
+``feedback_model``   "default"   model name sent to an "openai:" server (ignored otherwise); also
+                                 ``feedback_timeout_s`` (60.0: seconds one "openai:" request may take) and
+                                 ``feedback_max_tokens`` (160: new tokens a feedback model may write)
 ``visible_tests``    1           how many leading tests feedback may show
 ``share_aux_hint``   False       add the task's ``aux_hint`` field (bundled data) to both prompts
 ``test_timeout_s``   10.0        wall-clock limit of each test
@@ -137,6 +154,14 @@ from llm_coop_envs.code_analysis import (
 )
 from llm_coop_envs.coding_data import load_coding_tasks
 from llm_coop_envs.core import CoopParallelEnv, Score, Task, Turn
+from llm_coop_envs.feedback import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TIMEOUT_S,
+    FEEDBACK_FORMS,
+    FeedbackModel,
+    parse_feedback_model,
+    review_messages,
+)
 from llm_coop_envs.sandbox import Backend, JobReport, Sandbox, TestJob, shared_sandbox
 
 __all__ = ["CodingEnv", "FeedbackFn"]
@@ -206,14 +231,16 @@ class CodingEnv(CoopParallelEnv):
         split: str | None = None,
         sandbox: str | Sandbox = "auto",
         feedback: str | FeedbackFn = "level",
+        feedback_model: str = "default",
+        feedback_timeout_s: float = DEFAULT_TIMEOUT_S,
+        feedback_max_tokens: int = DEFAULT_MAX_TOKENS,
         visible_tests: int = 1,
         share_aux_hint: bool = False,
         test_timeout_s: float = 10.0,
         max_timeouts: int = 3,
         **kwargs: Any,
     ) -> None:
-        if not (callable(feedback) or feedback in ("level", "plain")):
-            raise ValueError(f"feedback must be 'level', 'plain' or a callable, got {feedback!r}")
+        model_feedback = _model_feedback(feedback, feedback_model, feedback_timeout_s, feedback_max_tokens)
         if not isinstance(visible_tests, int) or isinstance(visible_tests, bool) or visible_tests < 0:
             raise ValueError(f"visible_tests must be an int >= 0, got {visible_tests!r}")
         if not test_timeout_s > 0 or not (isinstance(max_timeouts, int) and max_timeouts >= 1):
@@ -232,6 +259,7 @@ class CodingEnv(CoopParallelEnv):
             raise ValueError(f"sandbox must be 'auto', 'bwrap', 'subprocess' or a Sandbox, got {sandbox!r}")
         self.dataset = dataset
         self.feedback = feedback
+        self.model_feedback: FeedbackModel | None = model_feedback  # one per env, shared by clones (copy.copy)
         self.visible_tests = visible_tests
         self.share_aux_hint = share_aux_hint
         self.test_timeout_s = float(test_timeout_s)
@@ -352,9 +380,29 @@ class CodingEnv(CoopParallelEnv):
                 raise TypeError(f"feedback function must return a str, got {type(text).__name__}")
             return text
         request = self._revise_request(task, agent)
+        if self.model_feedback is not None:
+            review = self._model_review(task, agent, history)
+            return f"Feedback from a reviewer on your team's code:\n\n{review}\n\n{request}"
         if self.feedback == "plain":
             return request
         return f"{self._diagnostics(task, history[-1].score)}\n\n{request}"
+
+    def _model_review(self, task: Task, agent: str, history: tuple[Turn, ...]) -> str:
+        """The feedback model's reply on the last turn: it sees the problem, both agents' code and the
+        diagnostics of the visible tests (the same the level feedback shows), never a hidden test."""
+        assert self.model_feedback is not None
+        last, entry_point = history[-1], task.fields["entry_point"]
+        aux = find_function(extract_functions(last.actions["helper"]), "aux")
+        main = find_function(extract_functions(last.actions["main"]), entry_point)
+        messages = review_messages(
+            task.fields["prompt"],
+            agent,
+            entry_point,
+            aux.source if aux is not None else last.actions["helper"],
+            main.source if main is not None else last.actions["main"],
+            self._diagnostics(task, last.score),
+        )
+        return self.model_feedback.review(messages)
 
     def _revise_request(self, task: Task, agent: str) -> str:
         name = "aux" if agent == "helper" else task.fields["entry_point"]
@@ -392,6 +440,21 @@ class CodingEnv(CoopParallelEnv):
                 f"- Warning: `{name}` is a thin wrapper that only returns aux's result; it should do part of the work itself."
             )
         return "\n".join(lines)
+
+
+def _model_feedback(feedback: object, model: object, timeout_s: object, max_tokens: object) -> FeedbackModel | None:
+    """Check the feedback arguments; the model feedback source they name (None: level, plain or a callable)."""
+    if callable(feedback):
+        return None
+    if not isinstance(feedback, str):
+        raise ValueError(f"feedback must be one of {FEEDBACK_FORMS}; got {feedback!r}")
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"feedback_model must be a non-empty str, got {model!r}")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise ValueError(f"feedback_timeout_s must be a number > 0, got {timeout_s!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"feedback_max_tokens must be an int >= 1, got {max_tokens!r}")
+    return parse_feedback_model(feedback, model=model, timeout_s=float(timeout_s), max_tokens=max_tokens)
 
 
 def _combine(pieces: list[tuple[str, str]]) -> tuple[str, tuple[tuple[str, int], ...]]:
