@@ -10,6 +10,8 @@
     llm-coop eval --env coop_coding-v0 --policy runs/c0 --seeds 0 1 2 3 4      # evaluate a run -> leaderboard entry
     llm-coop eval --env coop_writing-v0 --baseline sequential --model <name or path>   # untrained baseline
     llm-coop leaderboard build [--check] # regenerate (or check) leaderboards/generated/
+    llm-coop models                      # the built-in model names (embedded, smollm2-135m-instruct), licences
+    llm-coop train --env coop_coding-v0 --model smollm2-135m-instruct   # a real instruct model, from PyPI
     llm-coop build-embedded              # rebuild baselines/lm/embedded_model/ (python -m baselines.lm.embedded build)
 
 `llm-coop train --help` lists every config field (one per flag) with its docstring.
@@ -60,16 +62,21 @@ def parse_train_args(argv: list[str]) -> tuple[TrainOptions, Any, Any]:
 
     from baselines.algorithm import available_algorithms, resolve_algorithm
     from baselines.config import PRESETS, RunConfig, preset
+    from baselines.lm.builtin import builtin_defaults
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--algo", default="magrpo")
     pre.add_argument("--preset", default=None)
+    pre.add_argument("--model", default=None)
+    pre.add_argument("--agent-models", nargs="*", default=[])
     known, _ = pre.parse_known_args(argv)
     try:
         cls = resolve_algorithm(known.algo)
         run = preset(known.preset)
     except ValueError as exc:
         raise SystemExit(f"llm-coop train: {exc}") from None
+    if known.preset is None:  # a built-in model's own defaults; a preset, and every flag, take precedence
+        run = dataclasses.replace(run, **builtin_defaults(known.agent_models or [known.model]))
     options = TrainOptions(algo=known.algo, preset=known.preset)
     fields: list[tuple[str, type, Any]] = [("options", TrainOptions, options), ("run", RunConfig, run)]
     if cls.config_class is not None:
@@ -256,6 +263,28 @@ def _plot_demo(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
+def models_main(argv: list[str]) -> None:
+    """`llm-coop models [--json]`: the built-in model names, what they are, licences, sizes, defaults."""
+    from baselines.lm.builtin import BUILTIN_MODELS
+
+    parser = argparse.ArgumentParser(prog="llm-coop models", description=models_main.__doc__)
+    parser.add_argument("--json", action="store_true", help="one JSON object per model")
+    args = parser.parse_args(argv)
+    cards = [model.card() for model in BUILTIN_MODELS.values()]
+    if args.json:
+        for card in cards:
+            print(json.dumps(card))
+        return
+    for card in cards:
+        state = "installed" if card["installed"] else "not installed"
+        print(f"{card['name']}  ({card['parameters']} parameters, {card['licence']}, {state})")
+        for key in ("description", "architecture", "size", "source"):
+            print(f"    {key:<13}{card[key]}")
+        defaults = ", ".join(f"{k}={v}" for k, v in card["defaults"].items()) or "the plain defaults"
+        print(f"    {'defaults':<13}{defaults}\n")
+    print("use with --model NAME (llm-coop train, llm-coop eval); any Hugging Face name or local path works too")
+
+
 def eval_main(argv: list[str]) -> None:
     from baselines.evaluation import main as evaluate
 
@@ -277,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": seeds_main,
         "eval": eval_main,
         "leaderboard": leaderboard_main,
+        "models": models_main,
     }
     if argv and argv[0] == "build-embedded":
         from baselines.lm.embedded import main as build

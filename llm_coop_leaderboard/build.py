@@ -227,7 +227,12 @@ def _ranked_table(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
     for row in rows:
         entry = row.entry
         status = row.status + (" ¹" if row.note else "")
-        cells = [_band(row.band), entry["method"]["name"], entry["method"]["family"], _models(entry)]
+        cells = [
+            _band(row.band),
+            entry["method"]["name"] + _data_mark(entry),
+            entry["method"]["family"],
+            _models(entry),
+        ]
         cells += [_steps_cell(entry, differ), _ci(row.mean), _ci(row.iqm)]
         cells += [_fmt(c, _seed_mean(entry, c)) for c in columns]
         cells += [f"{row.cells} ({seed_kind(entry)} seeds)", status]
@@ -246,6 +251,31 @@ def _budget_note(rows: Sequence[Row]) -> list[str]:
             by_steps[steps].append(row.entry["method"]["name"])
     parts = "; ".join(f"{steps} steps: {', '.join(names)}" for steps, names in sorted(by_steps.items()))
     return [f"² Training budgets differ between these rows ({parts}): compare trained rows at equal budgets."]
+
+
+def _train_data(entry: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The (dataset, split) a trained method learned from, when it is not the data it is evaluated on: a
+    transfer evaluation (``method.config.train_dataset``/``train_split``, recorded since these fields exist)."""
+    config = entry["method"].get("config", {})
+    if "train_dataset" not in config or config["train_dataset"] == entry["dataset"]["name"]:
+        return None
+    return str(config["train_dataset"]), str(config.get("train_split"))
+
+
+def _data_mark(entry: Mapping[str, Any]) -> str:
+    return (" ³" if entry.get("trained_on_eval_split") else "") + (" ⁴" if _train_data(entry) else "")
+
+
+def _data_notes(rows: Sequence[Row]) -> list[str]:
+    """³: scores on the tasks the method trained on (``trained_on_eval_split``); ⁴: trained on other data."""
+    notes = []
+    for row in rows:
+        entry_id = row.entry["entry_id"]
+        if row.entry.get("trained_on_eval_split"):
+            notes.append(f"³ {entry_id}: trained on the split it is evaluated on, so these are training-task scores.")
+        if (data := _train_data(row.entry)) is not None:
+            notes.append(f"⁴ {entry_id}: trained on split `{data[1]}` of `{data[0]}` (a transfer evaluation).")
+    return notes
 
 
 def _reference_table(references: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -291,6 +321,7 @@ def _group_page(key: GroupKey, rows: Sequence[Row], references: Sequence[Mapping
     first = rows[0].entry
     data, kwargs = first["dataset"], first["env"]["spec"]["kwargs"]
     notes = [f"¹ {row.entry['entry_id']}: {row.note}" for row in rows if row.note] + _budget_note(rows)
+    notes += _data_notes(rows)
     lines = [
         _BANNER,
         f"# `{key.env_id}`: split `{key.split}`",

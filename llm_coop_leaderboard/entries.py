@@ -99,12 +99,14 @@ def make_entry(
     seed_kind: str | None = None,
     training_seeds: Sequence[int] | None = None,
     train_steps: int | None = None,
+    trained_on_eval_split: bool | None = None,
 ) -> dict[str, Any]:
     """A complete, validated, self-reported entry whose metrics are computed from ``transcript``.
 
     ``seed_kind``: ``"training"`` (one trained run per seed, each sampled with its seed) or ``"sampling"``
     (one model sampled under each seed); ``training_seeds``: the seeds the evaluated runs were trained with;
-    ``train_steps``: training steps per run. Each is left out of the entry when None."""
+    ``train_steps``: training steps per run; ``trained_on_eval_split``: whether the evaluated split is the one
+    the policies were trained on (their scores are then on training tasks). Each is left out when None."""
     result = aggregate(transcript.records, pass_ks=pass_ks)
     seeds = sorted({record.seed for record in transcript.records})
     entry = {
@@ -132,6 +134,8 @@ def make_entry(
         entry["training_seeds"] = sorted(training_seeds)
     if train_steps is not None:
         entry["train_steps"] = train_steps
+    if trained_on_eval_split is not None:
+        entry["trained_on_eval_split"] = trained_on_eval_split
     validate_entry(entry, entry_id)
     return entry
 

@@ -3,11 +3,35 @@ prompt forward that sampling leaves for the update to reuse."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Completions", "PromptState", "SamplingConfig", "positions", "used_width"]
+__all__ = ["ChatPrompt", "Completions", "Prompt", "PromptState", "SamplingConfig", "positions", "used_width"]
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A prompt in both of the env's forms: its text (the observation) and the same as chat messages
+    (system = the agent's role, user = the task, then earlier replies and feedback). A policy with a chat
+    template reads ``messages``; one without reads ``text``."""
+
+    text: str
+    messages: tuple[Mapping[str, str], ...]
+
+    @classmethod
+    def from_text(cls, text: str, system: str | None = None) -> ChatPrompt:
+        """``text`` as a chat: when it starts with ``system`` (the role instructions the env put first), that
+        is the system message and the rest the user message; otherwise all of it is one user message."""
+        if system and text.startswith(system):
+            user = text[len(system) :].strip()
+            return cls(text, ({"role": "system", "content": system}, {"role": "user", "content": user}))
+        return cls(text, ({"role": "user", "content": text},))
+
+
+Prompt = str | ChatPrompt
+"""What a policy is prompted with: plain text (one user message under a chat template) or a ChatPrompt."""
 
 
 @dataclass

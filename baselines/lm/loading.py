@@ -1,4 +1,4 @@
-"""Finding a model by name (built-in names, local paths, Hugging Face Hub ids), loading tokenizers, and the
+"""Finding a model by name (built-in names of :mod:`baselines.lm.builtin`, local paths, Hugging Face Hub ids), loading tokenizers, and the
 token ids that end a response.
 
 :func:`resolve_model` fails fast, with the reason and the built-in names: a local path that does not exist,
@@ -12,12 +12,31 @@ import re
 from functools import cache
 from pathlib import Path
 
-from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.builtin import BUILTIN_MODELS, BuiltinModelMissing
 
-__all__ = ["BUILTIN_MODELS", "ModelSourceError", "eos_ids_of", "load_tokenizer", "resolve_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "LORA_TARGETS",
+    "ModelSourceError",
+    "end_of_turn_ids",
+    "eos_ids_of",
+    "load_tokenizer",
+    "lora_targets_for",
+    "resolve_model",
+]
 
-BUILTIN_MODELS: dict[str, Path] = {"embedded": EMBEDDED_DIR}
-"""Model names that need no download: name -> local directory."""
+_ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo", "olmo2", "granite"),
+        _ATTENTION_AND_MLP,
+    ),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "phi": ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+"""LoRA target modules per ``config.model_type``: every attention and MLP projection of the architecture."""
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -35,7 +54,10 @@ def resolve_model(name: str | None) -> str:
     """The local directory or Hub id to load for ``name`` (None = the embedded model). Failures are not
     cached: a name that failed is checked again next time."""
     if name is None or name in BUILTIN_MODELS:
-        return str(BUILTIN_MODELS[name or "embedded"])
+        try:
+            return str(BUILTIN_MODELS[name or "embedded"].locate())
+        except BuiltinModelMissing as exc:
+            raise ModelSourceError(str(exc)) from None
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
@@ -91,3 +113,32 @@ def eos_ids_of(model, tokenizer) -> list[int]:
     if not ids:
         raise ValueError("no EOS token id: set one on the tokenizer or the model's generation config")
     return sorted(ids)
+
+
+def lora_targets_for(model) -> list[str]:
+    """The LoRA target modules of ``model``'s architecture (:data:`LORA_TARGETS`); an architecture not in the
+    table is an error asking for explicit targets, never a guess that could adapt nothing."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in LORA_TARGETS:
+        raise ValueError(
+            f"no LoRA target modules known for model_type {model_type!r} ({type(model).__name__}); give them with "
+            f"--lora-targets (known: {', '.join(sorted(LORA_TARGETS))})"
+        )
+    return list(LORA_TARGETS[model_type])
+
+
+_PROBE = "\u2063reply\u2063"  # a string no template rewrites
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The token(s) a chat template writes right after an assistant message (e.g. ``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``): generation stops there. Found by rendering a one-turn chat, so it
+    follows whatever template the tokenizer carries; empty without a template."""
+    if tokenizer.chat_template is None:
+        return []
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    after = text[text.rindex(_PROBE) + len(_PROBE) :]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    return [next(i for i in ids if i in special)] if any(i in special for i in ids) else []

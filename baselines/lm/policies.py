@@ -12,7 +12,10 @@ Sampling decodes all agents in as few loops as possible: agents whose models the
 with its own agent's weights (full) or merged adapter (LoRA); agents sharing one larger LoRA base share one
 loop through the module with a different adapter per row (`adapter_names`); anything else gets a loop of
 its own. Prompts are left-padded; pad defaults to EOS when a tokenizer has none; generation uses the KV
-cache; an optional chat template wraps each prompt as one user message. The log-prob forward gives the
+cache. With ``chat_template`` every agent whose tokenizer has a chat template is prompted with the env's
+chat messages (:class:`ChatPrompt`: system = its role, user = the task, then earlier turns) and stops at
+the template's end-of-turn token as well as at EOS; the completion mask covers the generated tokens
+through that token. LoRA targets default to the architecture's (:func:`lora_targets_for`). The log-prob forward gives the
 model the same position ids as generation did (cumulative attention mask), so training scores exactly what
 was sampled; while an agent's weights are unchanged since sampling, its prompt's forward is reused.
 """
@@ -20,20 +23,20 @@ was sampled; while an agent's weights are unchanged since sampling, its prompt's
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from baselines.lm.completions import Completions, PromptState, SamplingConfig
+from baselines.lm.completions import ChatPrompt, Completions, Prompt, PromptState, SamplingConfig
 from baselines.lm.fastdecode import StackedDecoder
-from baselines.lm.loading import eos_ids_of, load_tokenizer, resolve_model
+from baselines.lm.loading import end_of_turn_ids, eos_ids_of, load_tokenizer, lora_targets_for, resolve_model
 from baselines.lm.sampling import sample
 from baselines.lm.scoring import last_hidden_states, score
 from baselines.objectives import completion_mask
 
-__all__ = ["Completions", "Finetune", "Policies", "PromptState", "SamplingConfig"]
+__all__ = ["ChatPrompt", "Completions", "Finetune", "Policies", "Prompt", "PromptState", "SamplingConfig"]
 
 Finetune = Literal["lora", "full"]
 
@@ -41,8 +44,9 @@ Finetune = Literal["lora", "full"]
 class _Member:
     """One agent's slot: the module it runs through, its adapter (LoRA) and tokenizer."""
 
-    def __init__(self, module, tokenizer, adapter: str | None, eos_ids: list[int]):
+    def __init__(self, module, tokenizer, adapter: str | None, eos_ids: list[int], chat: bool):
         self.module, self.tokenizer, self.adapter, self.eos_ids = module, tokenizer, adapter, eos_ids
+        self.chat = chat  # prompted through the tokenizer's chat template
         self.reference = None  # frozen copy for KL in full fine-tuning
         self.params: list[torch.nn.Parameter] | None = None  # the trainable tensors, found on first use
 
@@ -58,7 +62,7 @@ class Policies:
         finetune: Finetune = "lora",
         lora_r: int = 16,
         lora_alpha: int = 32,
-        lora_target: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        lora_target: Sequence[str] | None = None,
         chat_template: bool = False,
         need_reference: bool = False,
         dtype: torch.dtype = torch.float32,
@@ -84,17 +88,21 @@ class Policies:
                 module.to(device)  # type: ignore[arg-type]  # transformers' decorator mis-types `to`
                 if module.config.pad_token_id is None:
                     module.config.pad_token_id = tok.pad_token_id
-            eos = eos_ids_of(module, tok)
+            chat = chat_template and tok.chat_template is not None
+            eos = sorted(set(eos_ids_of(module, tok)) | set(end_of_turn_ids(tok) if chat else ()))
             if finetune == "lora":
-                module = self._add_adapter(module, agent, shared, lora_r, lora_alpha, lora_target)
+                target = list(lora_target) if lora_target else lora_targets_for(module)
+                module = self._add_adapter(module, agent, shared, lora_r, lora_alpha, target)
                 loaded[name] = (module, tok)
             elif finetune == "full":
                 module.requires_grad_(True)
             else:
                 raise ValueError(f"finetune must be 'lora' or 'full', got {finetune!r}")
-            self.members[agent] = _Member(module, tok, agent if finetune == "lora" else None, eos)
+            self.members[agent] = _Member(module, tok, agent if finetune == "lora" else None, eos, chat)
             if finetune == "full" and need_reference:
                 self.members[agent].reference = copy.deepcopy(module).requires_grad_(False).eval()
+        if chat_template and not any(m.chat for m in self.members.values()):
+            raise ValueError(f"chat_template is on but no agent's tokenizer has a chat template ({names})")
         for m in self.members.values():
             m.module.eval()  # no dropout: sampling and scoring see the same function
 
@@ -104,12 +112,18 @@ class Policies:
 
         if not agent.isidentifier():
             raise ValueError(f"agent name {agent!r} must be a Python identifier to name its LoRA adapter")
+        if not shared:  # a shared base was checked with its first adapter (PEFT has wrapped its layers since)
+            _check_targets(module, target)
         cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target), task_type="CAUSAL_LM")
         if shared:
             module.add_adapter(agent, cfg)
             return module
         module.requires_grad_(False)
         return get_peft_model(module, cfg, adapter_name=agent)
+
+    def uses_chat_template(self, agent: str) -> bool:
+        """Whether ``agent`` is prompted through its tokenizer's chat template."""
+        return self.members[agent].chat
 
     # ------------------------------------------------------------------ parameters and state
     def parameters(self, agent: str) -> list[torch.nn.Parameter]:
@@ -157,27 +171,29 @@ class Policies:
         return tuple(p._version for p in self.parameters(agent))
 
     # ------------------------------------------------------------------ sampling
-    def _format(self, agent: str, prompt: str) -> str:
-        if not self.chat_template:
-            return prompt
-        tok = self.members[agent].tokenizer
-        return tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+    def _format(self, agent: str, prompt: Prompt) -> str:
+        """The text the agent's tokenizer encodes: the env's prompt text, or its chat messages through the
+        chat template, ending with the template's opening of the assistant's turn."""
+        member = self.members[agent]
+        if not member.chat:
+            return prompt.text if isinstance(prompt, ChatPrompt) else prompt
+        chat = prompt if isinstance(prompt, ChatPrompt) else ChatPrompt.from_text(prompt)
+        messages = [dict(m) for m in chat.messages]
+        return member.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _encode(self, agent: str, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.members[agent].tokenizer
-        batch = tok(
+    def _encode(self, agent: str, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        member = self.members[agent]
+        batch = member.tokenizer(
             [self._format(agent, p) for p in prompts],
             return_tensors="pt",
             padding=True,
-            add_special_tokens=not self.chat_template,
+            add_special_tokens=not member.chat,  # a chat template writes its own special tokens
         )
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)  # (B, P)
 
     @torch.no_grad()
     def generate(
-        self, prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int = 1
+        self, prompts: Mapping[str, Sequence[Prompt]], sampling: SamplingConfig, repeats: int = 1
     ) -> dict[str, Completions]:
         """Sample `repeats` responses to each prompt of each agent (rows prompt-major: p0 x repeats, p1 x
         repeats, ...). Agents are decoded together in as few loops as possible (`_decode_groups`): one loop
@@ -188,7 +204,7 @@ class Policies:
             out.update(self._generate_group(agents, prompts, sampling, repeats))
         return out
 
-    def _decode_groups(self, prompts: dict[str, list[str]]) -> list[list[str]]:
+    def _decode_groups(self, prompts: Mapping[str, Sequence[Prompt]]) -> list[list[str]]:
         """Agents that share one decoding loop: same EOS and pad ids, and either one model object (a LoRA
         base, decoded through the module with an adapter per row) or models the stacked decoder serves
         together with the same number of prompts each."""
@@ -208,7 +224,9 @@ class Policies:
                 groups.append([agent])
         return groups
 
-    def _generate_group(self, agents: list[str], prompts: dict[str, list[str]], sampling: SamplingConfig, repeats: int):
+    def _generate_group(
+        self, agents: list[str], prompts: Mapping[str, Sequence[Prompt]], sampling: SamplingConfig, repeats: int
+    ):
         members = [self.members[a] for a in agents]
         encoded = [self._encode(a, prompts[a]) for a in agents]  # each agent's own tokenizer and padding
         versions = [self._versions(a) for a in agents]
@@ -269,3 +287,20 @@ class Policies:
             if m.reference is None:
                 raise RuntimeError("no reference policy: construct Policies with need_reference=True")
             return score(m.reference, c)
+
+
+def _check_targets(module, target: Sequence[str]) -> None:
+    """Refuse LoRA target names that match no linear layer of ``module`` (PEFT only refuses when none match,
+    so a typo among several names would silently train fewer layers)."""
+    linear = {name.rsplit(".", 1)[-1] for name, sub in module.named_modules() if _is_projection(sub)}
+    missing = [t for t in target if t not in linear]
+    if missing:
+        raise ValueError(
+            f"LoRA targets {missing} match no linear layer of {type(module).__name__}; its linear layers: "
+            f"{', '.join(sorted(linear))} (set them with --lora-targets)"
+        )
+
+
+def _is_projection(module: torch.nn.Module) -> bool:
+    """A layer LoRA can adapt: a linear layer, or GPT-2's Conv1D (a transposed linear layer)."""
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"

@@ -29,7 +29,8 @@ class ReusedForward(torch.autograd.Function):
     def backward(ctx, *grads):
         with torch.enable_grad():
             outputs = ctx.run(ctx.ids)
-        used = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None]
+        # outputs the trainable tensors do not reach (e.g. the keys when LoRA adapts only v_proj) carry no grad
+        used = [(o, g) for o, g in zip(outputs, grads, strict=True) if g is not None and o.requires_grad]
         param_grads = torch.autograd.grad([o for o, _ in used], ctx.params, [g for _, g in used], allow_unused=True)
         return (None, None, None, *param_grads)
 

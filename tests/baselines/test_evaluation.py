@@ -249,7 +249,8 @@ def test_policy_eval_takes_env_kwargs_prompt_format_and_decoding_from_the_run(tr
     assert plan.sampling == SamplingConfig(max_new_tokens=7, temperature=0.5, top_k=5, top_p=0.9)
     assert read_run(run).make_env_factory()().max_turns == 2
     assert entry_env_kwargs(plan.env, plan.env_kwargs) == {"max_turns": 2}  # defaults keep the registered spec
-    assert load_run_policies(read_run(run), ["summary", "elaboration"], "cpu").policies.chat_template
+    with pytest.raises(ValueError, match="chat_template is on but no agent's tokenizer has a chat template"):
+        load_run_policies(read_run(run), ["summary", "elaboration"], "cpu")  # the run's flag reaches the policies
     plan_evaluation(_quick(policy=str(run), env="coop_writing-v0", temperature=0.5, max_new_tokens=7))  # agree
     contradictions = [
         ({"env": "coop_coding-v0"}, r"--env 'coop_coding-v0' contradicts the run: .*config.json records"),

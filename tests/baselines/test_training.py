@@ -188,7 +188,7 @@ def test_tree_levels_are_sampled_in_one_call_each_and_nodes_get_their_own_rows()
             for agent, c in node.completions.items():
                 assert c.sequences.shape[0] == 2 and c.shared_prompt and bool(c.prompt_mask.all())
                 prompt = tok.decode(c.sequences[0, : c.prompt_width])
-                assert prompt == tok.decode(tok(calls[level][agent][i])["input_ids"]), (level, i, agent)
+                assert prompt == tok.decode(tok(calls[level][agent][i].text)["input_ids"]), (level, i, agent)
 
 
 def _rows(path: Path) -> list[dict]:
