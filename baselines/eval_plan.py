@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from baselines.heldout import HELDOUT_SPLIT, RunError, RunRecord, eval_seeds, read_run
+from baselines.lm.builtin import builtin_defaults
 from baselines.lm.completions import SamplingConfig
 from baselines.untrained import PROTOCOLS
 from llm_coop_envs import make
@@ -43,7 +44,8 @@ BASELINE_DEFAULTS: dict[str, Any] = {
     "top_k": 0,
     "top_p": 1.0,
 }
-"""What ``--baseline`` uses for a flag left out (``--policy`` takes the run's values instead)."""
+"""What ``--baseline`` uses for a flag left out (``--policy`` takes the run's values instead); a built-in
+model's own defaults (``llm-coop models``: sampling, chat template) replace these for that model."""
 RUN_ONLY_FIELDS = ("seed", "output_dir", "resume", "overwrite")
 """config.json fields that differ between the runs of one ``{seed}`` template."""
 
@@ -69,6 +71,7 @@ class EvalConfig:
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
+    chat_template: bool | None = None
     tasks: int | None = None
     batch_tasks: int = 0
     pass_k: tuple[int, ...] = (1,)
@@ -167,9 +170,11 @@ def plan_evaluation(cfg: EvalConfig) -> Plan:
 
 
 def _baseline_plan(cfg: EvalConfig) -> Plan:
+    defaults = {**BASELINE_DEFAULTS, "chat_template": False, **builtin_defaults([cfg.model])}  # the model's own
+
     def pick(name: str) -> Any:
         value = getattr(cfg, name)
-        return BASELINE_DEFAULTS[name] if value is None else value
+        return defaults[name] if value is None else value
 
     budget = pick("max_new_tokens") * (2 if cfg.baseline == "single" else 1)  # single: both parts in one answer
     sampling = SamplingConfig(budget, pick("temperature"), pick("top_k"), pick("top_p"))
@@ -181,7 +186,7 @@ def _baseline_plan(cfg: EvalConfig) -> Plan:
         seeds=tuple(pick("seeds")),
         tasks=cfg.tasks or 0,
         sampling=sampling,
-        chat_template=False,
+        chat_template=bool(pick("chat_template")),
         protocol=cfg.baseline,
         seed_kind="sampling",
     )
@@ -258,6 +263,7 @@ def _policy_plan(cfg: EvalConfig) -> Plan:
     sampling = run.sampling
     for name in ("max_new_tokens", "temperature", "top_k", "top_p"):
         _check_flag(f"--{name.replace('_', '-')}", getattr(cfg, name), getattr(sampling, name), run)
+    _check_flag("--chat-template", cfg.chat_template, bool(run.field("chat_template")), run)
     tasks = cfg.tasks or 0
     if cfg.heldout:
         tasks = int(run.field("eval_tasks"))

@@ -90,6 +90,7 @@ from baselines.heldout import (
     play_heldout,
 )
 from baselines.lm.embedded import EMBEDDED_DIR
+from baselines.lm.loading import resolve_model
 from baselines.lm.policies import ChatPrompt, Policies, SamplingConfig
 from baselines.untrained import PROTOCOLS, SINGLE_AGENT, Generate, Round, run_protocol
 from llm_coop_envs import make
@@ -187,8 +188,8 @@ def _display(path: str | Path) -> str:
 def load_source(cfg: EvalConfig, plan: Plan, agents: list[str]) -> PolicySource:
     """The untrained model of a baseline (one loaded copy answers every role)."""
     name = cfg.model or str(EMBEDDED_DIR)
-    policies = Policies(["model"], name, "full", device=cfg.device)
-    path = Path(name)
+    policies = Policies(["model"], name, "full", chat_template=plan.chat_template, device=cfg.device)
+    path = Path(resolve_model(name))  # a built-in name's files are hashed too
     model_hash = file_hash(path) if path.exists() else None
     roles = {agent: "model" for agent in agents} | {SINGLE_AGENT: "model"}
     used = [SINGLE_AGENT] if plan.protocol == "single" else agents
@@ -603,6 +604,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help=run % "1.0")
     p.add_argument("--top-k", type=int, help=run % "0 = off")
     p.add_argument("--top-p", type=float, help=run % "1.0 = off")
+    p.add_argument(
+        "--chat-template",
+        action=argparse.BooleanOptionalAction,
+        help=run % "off; a built-in model's own default, e.g. on for smollm2-135m-instruct",
+    )
     p.add_argument("--tasks", type=int, help="only the first N tasks of the split (default: all; no entry)")
     p.add_argument("--batch-tasks", type=int, default=0, help="tasks per generate batch (0 = all)")
     p.add_argument("--pass-k", type=int, nargs="+", default=[1], help="k values of pass@k (k <= samples)")
@@ -626,7 +632,7 @@ def config_from_args(argv: Sequence[str], prog: str = "llm-coop eval") -> EvalCo
         env=a.env, policy=a.policy, baseline=a.baseline, model=a.model, dataset=a.dataset, split=a.split,
         allow_train_on_eval_split=a.allow_train_on_eval_split,
         seeds=None if a.seeds is None else tuple(a.seeds), samples=a.samples, max_new_tokens=a.max_new_tokens,
-        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, tasks=a.tasks, batch_tasks=a.batch_tasks,
+        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, chat_template=a.chat_template, tasks=a.tasks, batch_tasks=a.batch_tasks,
         pass_k=tuple(a.pass_k), heldout=a.heldout, entry_id=a.entry_id, method_name=a.method_name, root=a.root,
         overwrite=a.overwrite, device=a.device, threads=a.threads, progress=not a.no_progress,
         command=f"{prog} " + shlex.join(list(argv)),

@@ -235,3 +235,17 @@ def test_feedback_flags_reach_the_coding_env_and_stay_off_other_envs():
     assert kwargs["feedback"] == "openai:http://127.0.0.1:9/v1" and kwargs["feedback_model"] == "default"
     assert make("coop_coding-v0", **kwargs).spec.to_dict()["kwargs"]["feedback"] == "openai:http://127.0.0.1:9/v1"
     assert env_kwargs_of(RunConfig().to_json()) == {"max_turns": 1, "dataset": "bundled"}
+
+
+def test_a_baseline_with_a_builtin_model_takes_its_sampling_and_chat_defaults():
+    from baselines.eval_plan import plan_evaluation
+    from baselines.evaluation import config_from_args
+
+    plan = plan_evaluation(
+        config_from_args(["--env", "coop_coding-v0", "--baseline", "parallel", "--model", "smollm2-135m-instruct"])
+    )
+    assert plan.chat_template and plan.sampling == SamplingConfig(160, 0.7, 50, 0.9)
+    plan = plan_evaluation(
+        config_from_args(["--env", "coop_coding-v0", "--baseline", "parallel", "--no-chat-template"])
+    )
+    assert not plan.chat_template and plan.sampling == SamplingConfig(96, 1.0, 0, 1.0)
