@@ -1,4 +1,5 @@
-"""A lean one-token decoding step that serves several agents' models in one batched loop (Qwen2 architecture).
+"""A lean one-token decoding step that serves several agents' models in one batched loop (Qwen2, Qwen3, Llama,
+Mistral architectures).
 
 Decoding one token through the Hugging Face module stack costs far more in Python and per-operation
 overhead than in arithmetic at small sizes, and n agents with n different weight sets would each need their
@@ -10,16 +11,21 @@ axis, so that one `torch.baddbmm` applies each agent's weights to its own rows:
   merged into a copy of the base weights (W + scale * B A, computed once per sampling call, no grad);
 - q, k and v are one fused projection (bias included), as are the MLP's gate and up projections; the
   residual additions are fused into the output projections (`baddbmm(x, h, W)`);
+- Qwen3's per-head RMSNorm of q and k (before the rotary embedding) runs on q and k together;
 - attention at one query token runs as two small matrix products with a softmax between, the query heads
   of each KV head packed as its queries (grouped-query attention without repeating K/V), and an additive
   mask for the left padding that aligns prompts of different lengths (each agent's own, and across agents);
 - keys and values go into buffers reserved once for the whole token budget;
 - rotary embeddings come from a cos/sin table built once per call.
 
-The logits equal the module's up to float rounding (tested against each agent's module). The decoder copies
-the weights it stacks; `StackedDecoder.supports` refuses (and the caller decodes through the module) when the
-copy would exceed `STACK_BYTES_LIMIT`, or for anything but a plain or LoRA-wrapped `Qwen2ForCausalLM` with
-SDPA attention, default RoPE and no sliding window.
+The four architectures share one layer: pre-norm RMSNorm, rotary attention with optional q/k/v biases and
+none on the output projection, a SiLU-gated MLP without biases. They differ only in what `_ARCHITECTURES`
+records. The logits equal the module's up to float rounding (tested against each agent's module, per
+architecture). The decoder copies the weights it stacks; `StackedDecoder.supports` refuses (and the caller
+decodes through the module) when the copy would exceed `STACK_BYTES_LIMIT`, or for anything but a plain or
+LoRA-wrapped model of a listed architecture with SDPA attention, default RoPE over the whole head, no sliding
+window, and no bias where the decoder applies none (Llama's `attention_bias=True` biases o_proj too, and
+`mlp_bias=True` the MLP: both refused).
 """
 
 from __future__ import annotations
@@ -34,8 +40,16 @@ STACK_BYTES_LIMIT = 1 << 30
 """Most bytes of weights the decoder copies for one sampling call (beyond it: decode through the module)."""
 
 
+_ARCHITECTURES = {  # class name: (per-head q/k RMSNorm, attention windowed by `config.sliding_window` alone)
+    "Qwen2ForCausalLM": (False, False),  # windows per layer (`layer_types`, `attn.sliding_window`)
+    "Qwen3ForCausalLM": (True, False),
+    "LlamaForCausalLM": (False, False),  # no sliding window at all
+    "MistralForCausalLM": (False, True),  # Llama's layer; windowed whenever `config.sliding_window` is set
+}
+
+
 def _base_of(module) -> Any:
-    """The Qwen2ForCausalLM inside a PEFT wrapper, or the module itself."""
+    """The causal LM inside a PEFT wrapper, or the module itself."""
     if type(module).__name__.startswith("PeftModel"):
         return module.base_model.model
     return module
@@ -61,13 +75,14 @@ def _mlp_linears(mlp) -> tuple:
 
 
 def _shape_of(module) -> tuple:
-    """What must match for two models' weights to be stacked."""
+    """What must match for two models' weights to be stacked (the architecture included)."""
     cfg = _base_of(module).config
     names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
     rope = (cfg.rope_parameters or {}).get("rope_theta", getattr(cfg, "rope_theta", None))
     attn = _base_of(module).model.layers[0].self_attn
     biases = tuple(getattr(getattr(lin, "base_layer", lin), "bias", None) is not None for lin in _attn_linears(attn))
-    return (*(getattr(cfg, n) for n in names), cfg.vocab_size, cfg.rms_norm_eps, rope, _head_dim(module), biases)
+    shapes = (*(getattr(cfg, n) for n in names), cfg.vocab_size, cfg.rms_norm_eps, rope, _head_dim(module))
+    return (type(_base_of(module)).__name__, *shapes, biases)
 
 
 def _head_dim(module) -> int:
@@ -102,33 +117,66 @@ def _stack(per_agent: list[tuple[Sequence, str | None]], scale: torch.Tensor | N
     return w, bias
 
 
+def _config_supported(base, config_window: bool) -> bool:
+    """SDPA attention, SiLU, default RoPE over the whole head, and no sliding window in any layer."""
+    cfg: Any = base.config
+    rotary = base.model.rotary_emb
+    return (
+        getattr(cfg, "_attn_implementation", None) == "sdpa"
+        and cfg.hidden_act == "silu"
+        and (cfg.rope_parameters or {}).get("rope_type", "default") == "default"
+        and getattr(rotary, "rope_type", "default") == "default"
+        and rotary.inv_freq.numel() * 2 == _head_dim(base)
+        and all(t == "full_attention" for t in getattr(cfg, "layer_types", None) or [])
+        and not (config_window and getattr(cfg, "sliding_window", None) is not None)
+    )
+
+
+def _layer_supported(layer, qk_norm: bool, eps: float) -> bool:
+    """Plain or plain-LoRA Linears, no bias on o_proj or the MLP, no window, the norms the architecture has."""
+    attn = layer.self_attn
+    linears = (*_attn_linears(attn), *_mlp_linears(layer.mlp))
+    if not all(isinstance(lin, torch.nn.Linear) or (hasattr(lin, "lora_A") and _plain_lora(lin)) for lin in linears):
+        return False
+    unbiased = (attn.o_proj, *_mlp_linears(layer.mlp))  # the decoder applies no bias there
+    if any(getattr(lin, "base_layer", lin).bias is not None for lin in unbiased):
+        return False
+    if getattr(attn, "sliding_window", None) is not None or hasattr(attn, "q_norm") != qk_norm:
+        return False
+    width = layer.input_layernorm.weight.shape[0]
+    norms = [(layer.input_layernorm, width), (layer.post_attention_layernorm, width)]
+    if qk_norm:
+        norms += [(attn.q_norm, attn.head_dim), (attn.k_norm, attn.head_dim)]
+    return all(_norm_supported(n, eps, w) for n, w in norms)
+
+
+def _norm_supported(norm, eps: float, width: int) -> bool:
+    """An RMSNorm with a weight of `width` and the config's epsilon (the one the decoder uses)."""
+    weight = getattr(norm, "weight", None)
+    return (
+        isinstance(weight, torch.Tensor) and weight.shape == (width,) and getattr(norm, "variance_epsilon", None) == eps
+    )
+
+
 class StackedDecoder:
     """Decodes one token at a time for A agents x R rows (agent-major) on their prefilled KV caches."""
 
     @staticmethod
     def supports(module) -> bool:
-        """Whether this model (plain or PEFT LoRA) can be served by the decoder."""
+        """Whether this model (plain or PEFT LoRA) can be served by the decoder, exactly as its module runs."""
         base = _base_of(module)
-        cfg: Any = getattr(base, "config", None)
-        if not (
-            cfg is not None
-            and type(base).__name__ == "Qwen2ForCausalLM"
-            and not module.training
-            and getattr(cfg, "_attn_implementation", None) == "sdpa"
-            and cfg.hidden_act == "silu"
-            and (cfg.rope_parameters or {}).get("rope_type", "default") == "default"
-            and all(t == "full_attention" for t in cfg.layer_types)
-            and getattr(base.model.rotary_emb, "rope_type", "default") == "default"
-        ):
+        kind = type(base).__name__
+        if getattr(base, "config", None) is None or module.training or kind not in _ARCHITECTURES:
             return False
-        for layer in base.model.layers:
-            for lin in (*_attn_linears(layer.self_attn), *_mlp_linears(layer.mlp)):
-                if not isinstance(lin, torch.nn.Linear) and not (hasattr(lin, "lora_A") and _plain_lora(lin)):
-                    return False
-            unbiased = (layer.self_attn.o_proj, *_mlp_linears(layer.mlp))  # the decoder applies no bias there
-            if any(getattr(getattr(lin, "base_layer", lin), "bias", None) is not None for lin in unbiased):
-                return False
-        return isinstance(base.lm_head, torch.nn.Linear) and isinstance(base.model.embed_tokens, torch.nn.Embedding)
+        qk_norm, config_window = _ARCHITECTURES[kind]
+        return (
+            _config_supported(base, config_window)
+            and all(_layer_supported(layer, qk_norm, base.config.rms_norm_eps) for layer in base.model.layers)
+            and _norm_supported(base.model.norm, base.config.rms_norm_eps, base.config.hidden_size)
+            and isinstance(base.lm_head, torch.nn.Linear)
+            and base.lm_head.bias is None
+            and isinstance(base.model.embed_tokens, torch.nn.Embedding)
+        )
 
     @staticmethod
     def can_stack(modules: Sequence) -> bool:
@@ -183,6 +231,7 @@ class StackedDecoder:
             self.layers.append(
                 (
                     _stack([(lins[:3], n) for lins, n in attn], n1),  # fused q, k, v (and their biases)
+                    self._qk_norm([layer.self_attn for layer, _ in per_agent]),
                     _stack([(lins[3:], n) for lins, n in attn])[0],  # o (no bias: `supports`)
                     _stack([(lins[:2], n) for lins, n in mlp], n2)[0],  # fused gate, up
                     _stack([(lins[2:], n) for lins, n in mlp])[0],  # down
@@ -194,6 +243,14 @@ class StackedDecoder:
         self.offset = (torch.arange(self.A, device=embed.device) * self.vocab).repeat_interleave(self.R)  # (B,)
         head = torch.stack([b.lm_head.weight for b in bases]).transpose(1, 2)  # (A, h, V)
         self.head = head * self._norm([b.model.norm for b in bases])
+
+    def _qk_norm(self, attns: list) -> torch.Tensor | None:
+        """(A, 1, H + Hkv, D): each agent's q_norm weight for its H query heads, then k_norm's for its Hkv
+        key heads (Qwen3), or None (no q/k norm)."""
+        if not hasattr(attns[0], "q_norm"):
+            return None
+        rows = [torch.cat([a.q_norm.weight.expand(self.H, -1), a.k_norm.weight.expand(self.Hkv, -1)]) for a in attns]
+        return torch.stack(rows)[:, None]
 
     @staticmethod
     def _norm(norms: list) -> torch.Tensor:  # (A, h, 1): each agent's RMSNorm weight, to scale W^T's rows
@@ -245,10 +302,12 @@ class StackedDecoder:
         x = F.embedding(tokens + self.offset, self.embed).view(A, R, -1)
         cos, sin = self.cos[positions[:, 0]][:, None, :], self.sin[positions[:, 0]][:, None, :]  # (B, 1, D)
         t = self.generated + 1  # generated keys including this token's
-        for ((wqkv, bqkv), wo, wgu, wd), (kp, vp, kg, vg) in zip(self.layers, self.kv, strict=True):
+        for ((wqkv, bqkv), wqk, wo, wgu, wd), (kp, vp, kg, vg) in zip(self.layers, self.kv, strict=True):
             h = self._rms(x)
             qkv = (torch.baddbmm(bqkv, h, wqkv) if bqkv is not None else torch.bmm(h, wqkv)).view(B, H + 2 * Hkv, D)
             qk = qkv[:, : H + Hkv]
+            if wqk is not None:  # Qwen3: RMSNorm of every q and k head over its D features
+                qk = (self._rms(qk).view(A, R, H + Hkv, D) * wqk).view(B, H + Hkv, D)
             qk = torch.addcmul(qk * cos, qk @ self.rot, sin)  # rotary embedding of q and k together
             kg[:, :, :, t - 1] = qk[:, H:].view(U, G, Hkv, D).transpose(1, 2)
             vg[:, :, :, t - 1] = qkv[:, H + Hkv :].view(U, G, Hkv, D).transpose(1, 2)
@@ -279,6 +338,13 @@ def _project(lin, x: torch.Tensor, adapter: str | None) -> torch.Tensor:
     return y + lin.lora_B[adapter](lin.lora_A[adapter](x)) * lin.scaling[adapter]
 
 
+def _heads(attn, name: str, h: torch.Tensor, adapter: str | None) -> torch.Tensor:  # (B, P, h) -> (B, n, P, D)
+    """The q, k or v heads of `attn` for the hidden states `h`; Qwen3's per-head RMSNorm applied to q and k."""
+    x = _project(getattr(attn, f"{name}_proj"), h, adapter).view(*h.shape[:2], -1, attn.head_dim)
+    norm = getattr(attn, f"{name}_norm", None)
+    return (x if norm is None else norm(x)).transpose(1, 2)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -298,14 +364,14 @@ def prompt_pass(module, ids: torch.Tensor, adapter: str | None) -> tuple[torch.T
     out: list[torch.Tensor] = []
     for i, layer in enumerate(m.layers):
         a, last = layer.self_attn, i == len(m.layers) - 1
-        B, P, D = x.shape[0], x.shape[1], a.head_dim
+        B = x.shape[0]
         h = layer.input_layernorm(x)
-        k = _rotate(_project(a.k_proj, h, adapter).view(B, P, -1, D).transpose(1, 2), cos, sin)
-        v = _project(a.v_proj, h, adapter).view(B, P, -1, D).transpose(1, 2)
+        k = _rotate(_heads(a, "k", h, adapter), cos, sin)
+        v = _heads(a, "v", h, adapter)
         out += [k, v]
         if last:  # only the last token goes on
             h, x, cos, sin = h[:, -1:], x[:, -1:], cos[:, :, -1:], sin[:, :, -1:]
-        q = _rotate(_project(a.q_proj, h, adapter).view(B, h.shape[1], -1, D).transpose(1, 2), cos, sin)
+        q = _rotate(_heads(a, "q", h, adapter), cos, sin)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=not last, scale=a.scaling, enable_gqa=True)
         x = x + _project(a.o_proj, o.transpose(1, 2).reshape(B, h.shape[1], -1), adapter)
         h = layer.post_attention_layernorm(x)

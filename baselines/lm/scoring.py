@@ -54,8 +54,7 @@ def _prompt_forward(module, ids: torch.Tensor, adapter: str | None, reuse: tuple
         out = prefill(module, ids, torch.ones_like(ids), None)
         return (out.logits, *flat_kv(out.cache))
 
-    layer_types = getattr(_base_of(module).config, "layer_types", None) or []
-    if not torch.is_grad_enabled() or not layer_types or any(t != "full_attention" for t in layer_types):
+    if not torch.is_grad_enabled() or not _full_attention(_base_of(module).config):
         if lean:
             logits, *kv = run(ids)
         else:
@@ -67,6 +66,16 @@ def _prompt_forward(module, ids: torch.Tensor, adapter: str | None, reuse: tuple
     else:
         logits, *kv = checkpoint(run, ids, use_reentrant=False)
     return logits, DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2], strict=True)))
+
+
+def _full_attention(config) -> bool:
+    """Whether every layer attends to the whole prefix (the KV cache the recomputation returns is then the
+    plain per-layer keys and values): ``layer_types`` when the config lists them (Qwen2/3), else no sliding
+    window (Llama, Mistral without one)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return all(t == "full_attention" for t in layer_types)
+    return getattr(config, "sliding_window", None) is None
 
 
 def score(module, c: Completions, reuse: tuple | None = None, adapter: str | None = None) -> torch.Tensor:  # (B, T)
