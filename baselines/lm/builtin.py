@@ -203,9 +203,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             "temperature": 0.7,  # the paper's sampling; at 1.0 with no filters its samples were gibberish
             "top_p": 0.9,  # the paper's nucleus
             "top_k": 50,  # the paper's top-k
-            "max_new_tokens": 160,  # room for a function; the trial that learned used 160
+            "max_new_tokens": 160,  # room for a function with its docstring
             "finetune": "lora",  # one frozen base, one adapter per agent (two full copies: 2 x 540 MB + Adam)
-            "lr": 1e-4,  # the LoRA trial's rate (docs/real_models.md)
+            "lr": 1e-4,  # LoRA's rate in the SmolLM2 leaderboard runs (leaderboards/reproduce_real.sh)
         },
     ),
 }
