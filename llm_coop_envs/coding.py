@@ -104,7 +104,10 @@ argument             default     meaning
                                  or a local .json/.jsonl file with ``task_id``, ``prompt``, ``test``,
                                  ``entry_point`` (``split`` optional, default "test")
 ``split``            None        split drawn by ``reset()``; None: "train" if present, else the first
-``sandbox``          "auto"      "auto" (bubblewrap when usable), "bwrap", "subprocess", or a ``Sandbox``
+``sandbox``          "auto"      "auto" (bubblewrap when usable), "bwrap", "subprocess", "ray" (a
+                                 process-wide ``RaySandbox``: Ray actors, each running a bubblewrap
+                                 ``Sandbox``; ``pip install 'llm-coop-envs[ray]'``, see docs/rewards.md),
+                                 a ``Sandbox`` or a ``RaySandbox``
 ``feedback``         "level"     "level", "plain", "hf:<name or path>", "openai:<base url>" or a callable
                                  (see Episode end and Model feedback)
 ``feedback_model``   "default"   model name sent to an "openai:" server (ignored otherwise); also
@@ -143,7 +146,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from llm_coop_envs.code_analysis import (
     FunctionBlock,
@@ -163,6 +166,9 @@ from llm_coop_envs.feedback import (
     review_messages,
 )
 from llm_coop_envs.sandbox import Backend, JobReport, Sandbox, TestJob, shared_sandbox
+
+if TYPE_CHECKING:
+    from llm_coop_envs.sandbox.ray_pool import RaySandbox
 
 __all__ = ["CodingEnv", "FeedbackFn"]
 
@@ -186,6 +192,21 @@ _INSTRUCTIONS = {
 }
 _ERROR_CHARS = 300
 _BACKENDS = ("auto", "bwrap", "subprocess")
+
+
+def _resolve_sandbox(sandbox: str | Sandbox | RaySandbox) -> Sandbox | RaySandbox:
+    """The sandbox named by the ``sandbox`` argument (ray_pool is imported only here: it needs no Ray yet)."""
+    from llm_coop_envs.sandbox.ray_pool import RaySandbox, shared_ray_sandbox
+
+    if isinstance(sandbox, (Sandbox, RaySandbox)):
+        return sandbox
+    if sandbox == "ray":
+        return shared_ray_sandbox()
+    if sandbox in _BACKENDS:
+        return shared_sandbox(cast(Backend, sandbox))
+    raise ValueError(
+        f"sandbox must be 'auto', 'bwrap', 'subprocess', 'ray', a Sandbox or a RaySandbox, got {sandbox!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -229,7 +250,7 @@ class CodingEnv(CoopParallelEnv):
         dataset: str = "bundled",
         *,
         split: str | None = None,
-        sandbox: str | Sandbox = "auto",
+        sandbox: str | Sandbox | RaySandbox = "auto",
         feedback: str | FeedbackFn = "level",
         feedback_model: str = "default",
         feedback_timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -251,12 +272,7 @@ class CodingEnv(CoopParallelEnv):
         if split is None:
             split = "train" if "train" in tasks.splits else tasks.splits[0]
         super().__init__(tasks, split=split, **kwargs)
-        if isinstance(sandbox, Sandbox):
-            self.sandbox = sandbox
-        elif sandbox in _BACKENDS:
-            self.sandbox = shared_sandbox(cast(Backend, sandbox))
-        else:
-            raise ValueError(f"sandbox must be 'auto', 'bwrap', 'subprocess' or a Sandbox, got {sandbox!r}")
+        self.sandbox = _resolve_sandbox(sandbox)
         self.dataset = dataset
         self.feedback = feedback
         self.model_feedback: FeedbackModel | None = model_feedback  # one per env, shared by clones (copy.copy)
