@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,7 +52,7 @@ from baselines.objectives import (
     policy_loss,
     response_credit,
 )
-from baselines.rollout import JOINT, Node, node_stats, rollout_tree, walk
+from baselines.rollout import JOINT, Node, Sampler, node_stats, rollout_tree, walk
 
 if TYPE_CHECKING:
     from baselines.config import RunConfig
@@ -68,7 +68,10 @@ __all__ = [
     "algorithm_card",
     "available_algorithms",
     "load_algorithm",
+    "mean_stats",
     "resolve_algorithm",
+    "roll_out_task",
+    "train_on_tasks",
     "train_step",
 ]
 
@@ -167,6 +170,9 @@ class LossInput:
     reference_logprobs: torch.Tensor | None  # (G, T) reference policy (no grad), only when the KL coef != 0
     advantages: torch.Tensor  # (G,) from Algorithm.advantages
     epoch: int  # 0 .. update_epochs - 1
+    token_weights: torch.Tensor | None = None
+    """(G, T) truncated importance weights min(pi_old / pi_engine, cap) per token (no grad) when the responses
+    were sampled by an external engine (vLLM) and ``RunConfig.tis_cap`` is set; None otherwise."""
 
 
 @dataclass
@@ -249,7 +255,10 @@ class Algorithm(ABC):
 
     def loss(self, batch: LossInput) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar loss to minimise and extra stats; default: the MAGRPO summed-token policy gradient."""
-        seq_lp = masked_sum(batch.token_logprobs, batch.samples.mask)  # (G,)
+        token_lp = batch.token_logprobs
+        if batch.token_weights is not None:
+            token_lp = token_lp * batch.token_weights
+        seq_lp = masked_sum(token_lp, batch.samples.mask)  # (G,)
         kl = None
         stats: dict[str, float] = {}
         if batch.reference_logprobs is not None:
@@ -274,14 +283,28 @@ class ModuleSet:
 
     def step(self, loss: torch.Tensor) -> dict[str, float]:
         """Back-propagate the modules' loss, clip each module, step each optimiser; the gradient norms."""
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite module loss {float(loss)}; stopping instead of skipping the update")
+        self.zero_grad()
+        self.backward(loss)
+        return self.finish()
+
+    def zero_grad(self) -> None:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradient of one loss (a step may hold several)."""
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite module loss {float(loss)}; stopping instead of skipping the update")
         loss.backward()
+
+    def finish(self, reduce: Callable[[Sequence[torch.nn.Parameter]], None] | None = None) -> dict[str, float]:
+        """Sum the accumulated gradients over the ranks (``reduce``), clip each module, step each optimiser;
+        the gradient norms."""
         stats = {}
         for name, spec in self.modules.items():
             params = list(spec.module.parameters())
+            if reduce is not None:
+                reduce(params)
             if spec.max_grad_norm is not None:
                 norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             else:
@@ -305,6 +328,14 @@ class ModuleSet:
             self.optimizers[name].load_state_dict(state["optimizers"][name])
 
 
+GradReducer = Callable[[Sequence[torch.nn.Parameter]], None]
+"""Sums the gradients of the given parameters over data-parallel ranks, in place (no-op in one process)."""
+
+
+def _no_reduce(params: Sequence[torch.nn.Parameter]) -> None:
+    return None
+
+
 def train_step(
     algorithm: Algorithm,
     env: Any,
@@ -315,10 +346,12 @@ def train_step(
     modules: ModuleSet | None = None,
     step: int = 0,
     task_id: str | None = None,
+    sampler: Sampler | None = None,
 ) -> dict[str, Any]:
-    """One task: roll out the tree, compute returns, then for every node (root first) the algorithm's
-    advantages, its modules' update (if any) and ``update_epochs`` optimiser steps per agent."""
-    root = rollout_tree(env, obs, policies, run.rollout_settings())
+    """One task (``tasks_per_step`` = 1, one process): roll out the tree, compute returns, then for every
+    node (root first) the algorithm's advantages, its modules' update (if any) and ``update_epochs``
+    optimiser steps per agent: one update per tree node, as in the paper."""
+    root = rollout_tree(env, obs, policies, run.rollout_settings(), sampler)
     compute_tree_returns(root, run.gamma)
     nodes = walk(root)
     stats = node_stats(root, nodes)
@@ -328,17 +361,115 @@ def train_step(
         advantages, extra = _checked_advantages(algorithm, group)
         stats.update(extra)
         adv_abs += [float(a.abs().mean()) for a in advantages.values()]
-        module_loss = algorithm.module_loss(group)
+        module_loss = _module_loss(algorithm, group, modules)
         if module_loss is not None:
-            if modules is None:
-                raise ValueError(f"{type(algorithm).__name__}.module_loss returned a loss but it declares no modules")
             stats.update(module_loss[1])
-            stats.update(modules.step(module_loss[0]))
-        stats.update(_update(algorithm, policies, optimizers, group, advantages, run.max_grad_norm))
+            stats.update(modules.step(module_loss[0]))  # type: ignore[union-attr]  # checked by _module_loss
+        stats.update(_update(algorithm, policies, optimizers, [(group, advantages)], run, 1, _no_reduce)[0])
     stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
     assert root.returns is not None  # filled by compute_tree_returns above
     stats["return/root_mean"] = float(root.returns[:, JOINT].mean())
     return stats
+
+
+@dataclass
+class TaskTree:
+    """One task's rollout tree, ready for a batched update: every node as a GroupBatch with its advantages
+    (all computed before any update of the step) and the task's own statistics."""
+
+    groups: list[GroupBatch]
+    advantages: list[dict[str, torch.Tensor]]
+    stats: dict[str, Any]
+
+
+def roll_out_task(
+    algorithm: Algorithm,
+    env: Any,
+    obs: dict[str, dict],
+    policies: Policies,
+    run: RunConfig,
+    step: int = 0,
+    task_id: str | None = None,
+    sampler: Sampler | None = None,
+) -> TaskTree:
+    """The rollout tree of one task with its returns and every node's advantages, not yet trained on."""
+    root = rollout_tree(env, obs, policies, run.rollout_settings(), sampler)
+    compute_tree_returns(root, run.gamma)
+    nodes = walk(root)
+    stats = node_stats(root, nodes)
+    groups, advantages, adv_abs = [], [], []
+    for group_id, node in enumerate(nodes):
+        group = GroupBatch.from_node(node, group_id, run.num_generations, step, task_id, policies)
+        advantage, extra = _checked_advantages(algorithm, group)
+        stats.update(extra)
+        adv_abs += [float(a.abs().mean()) for a in advantage.values()]
+        groups.append(group)
+        advantages.append(advantage)
+    stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
+    assert root.returns is not None  # filled by compute_tree_returns above
+    stats["return/root_mean"] = float(root.returns[:, JOINT].mean())
+    return TaskTree(groups, advantages, stats)
+
+
+def train_on_tasks(
+    algorithm: Algorithm,
+    trees: Sequence[TaskTree],
+    policies: Policies,
+    optimizers: dict,
+    run: RunConfig,
+    modules: ModuleSet | None,
+    total_tasks: int,
+    reduce: GradReducer = _no_reduce,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """One update on a step of ``total_tasks`` tasks, of which ``trees`` are this rank's (all of them in one
+    process): each agent's gradient is accumulated over every node of every tree as the gradient of
+    ``sum over tasks of sum over nodes of loss / total_tasks``, summed over the ranks by ``reduce``, then one
+    optimiser step per agent and epoch (the modules likewise, before the policies). Returns the step's
+    statistics (gradient norms, the same on every rank) and each tree's own (its losses summed over nodes)."""
+    step_stats: dict[str, float] = {}
+    if modules is not None:
+        modules.zero_grad()
+    for tree in trees:
+        for group in tree.groups:
+            module_loss = _module_loss(algorithm, group, modules)
+            if module_loss is not None:
+                tree.stats.update(module_loss[1])
+                modules.backward(module_loss[0] / total_tasks)  # type: ignore[union-attr]
+    if modules is not None:
+        step_stats.update(modules.finish(reduce))
+    pairs = [[(g, a) for g, a in zip(tree.groups, tree.advantages, strict=True)] for tree in trees]
+    flat = [pair for task in pairs for pair in task]
+    owner = [t for t, task in enumerate(pairs) for _ in task]
+    node_stats_, per_node = _update(algorithm, policies, optimizers, flat, run, total_tasks, reduce)
+    step_stats.update({k: v for k, v in node_stats_.items() if k.startswith("grad_norm/")})
+    for t, tree in enumerate(trees):
+        rows = [row for row, o in zip(per_node, owner, strict=True) if o == t]
+        for key in rows[0]:
+            if key.startswith("loss/"):
+                tree.stats[key] = sum(row[key] for row in rows)
+            else:
+                tree.stats[key] = rows[-1][key]  # the last node's, as in a one-task step
+    return step_stats, [tree.stats for tree in trees]
+
+
+def mean_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Each key's mean over the rows that have it (numbers only), in first-seen key order."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    out = {}
+    for key in keys:
+        values = [row[key] for row in rows if isinstance(row.get(key), int | float)]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def _module_loss(
+    algorithm: Algorithm, group: GroupBatch, modules: ModuleSet | None
+) -> tuple[torch.Tensor, dict[str, float]] | None:
+    module_loss = algorithm.module_loss(group)
+    if module_loss is not None and modules is None:
+        raise ValueError(f"{type(algorithm).__name__}.module_loss returned a loss but it declares no modules")
+    return module_loss
 
 
 def _checked_advantages(algorithm: Algorithm, group: GroupBatch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -365,37 +496,81 @@ def _update(
     algorithm: Algorithm,
     policies: Policies,
     optimizers: dict,
-    group: GroupBatch,
-    advantages: dict[str, torch.Tensor],
-    max_grad_norm: float | None,
-) -> dict[str, float]:
+    nodes: Sequence[tuple[GroupBatch, dict[str, torch.Tensor]]],
+    run: RunConfig,
+    scale: int,
+    reduce: GradReducer,
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """``update_epochs`` optimiser steps per agent on the gradient of ``sum(node losses) / scale`` over
+    ``nodes``, summed over the ranks by ``reduce``. Returns the step's stats (each node's, the last node
+    winning, plus gradient norms) and each node's own stats (loss, log-prob, engine gap) of the last epoch."""
     stats: dict[str, float] = {}
-    old: dict[str, torch.Tensor] = {}
-    with_reference = algorithm.reference_kl_coef() != 0.0
+    per_node: list[dict[str, float]] = [{} for _ in nodes]
+    old: dict[tuple[int, str], torch.Tensor] = {}
     for epoch in range(algorithm.update_epochs):
         for agent, opt in optimizers.items():
-            samples = group.samples[agent]
-            token_lp = policies.token_logprobs(agent, samples)  # (G, T)
-            if epoch == 0:
-                old[agent] = token_lp.detach()
-            reference = policies.token_logprobs(agent, samples, reference=True) if with_reference else None
-            loss, extra = algorithm.loss(
-                LossInput(agent, samples, token_lp, old[agent], reference, advantages[agent], epoch)
-            )
-            stats.update(extra)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for n, (group, advantages) in enumerate(nodes):
+                loss, extra = _agent_loss(algorithm, policies, agent, group, advantages[agent], old, n, epoch, run)
+                (loss / scale).backward()
+                stats.update(extra)
+                per_node[n].update(extra)
             params = [p for g in opt.param_groups for p in g["params"]]
-            if max_grad_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            reduce(params)
+            if run.max_grad_norm is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, run.max_grad_norm)
             else:
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             opt.step()
             opt.zero_grad(set_to_none=True)  # free the gradients now: the next agent's update needs the memory
-            stats[f"loss/{agent}"] = float(loss.detach())
             stats[f"grad_norm/{agent}"] = float(grad_norm)
-            stats[f"logprob/{agent}_mean"] = float(masked_sum(token_lp.detach(), samples.mask).mean())
-    return stats
+    return stats, per_node
+
+
+def _agent_loss(
+    algorithm: Algorithm,
+    policies: Policies,
+    agent: str,
+    group: GroupBatch,
+    advantages: torch.Tensor,
+    old: dict[tuple[int, str], torch.Tensor],
+    node: int,
+    epoch: int,
+    run: RunConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One agent's loss at one node and epoch, and its stats (``old`` keeps the epoch-0 log-probs)."""
+    samples = group.samples[agent]
+    token_lp = policies.token_logprobs(agent, samples)  # (G, T)
+    if epoch == 0:
+        old[node, agent] = token_lp.detach()
+    reference = policies.token_logprobs(agent, samples, reference=True) if algorithm.reference_kl_coef() else None
+    weights, stats = _engine_weights(agent, samples, old[node, agent], run.tis_cap)
+    batch = LossInput(agent, samples, token_lp, old[node, agent], reference, advantages, epoch, weights)
+    loss, extra = algorithm.loss(batch)
+    stats.update(extra)
+    stats[f"loss/{agent}"] = float(loss.detach())
+    stats[f"logprob/{agent}_mean"] = float(masked_sum(token_lp.detach(), samples.mask).mean())
+    return loss, stats
+
+
+def _engine_weights(
+    agent: str, samples: Completions, old: torch.Tensor, cap: float | None
+) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """For responses an external engine sampled: the mean absolute gap between the trainer's log-probs and
+    the engine's (``rollout/logprob_gap_<agent>``) and, with ``cap``, the truncated importance weights
+    ``min(exp(old - engine), cap)`` per token (``rollout/tis_weight_<agent>``: their mean)."""
+    engine = samples.engine_logprobs
+    if engine is None:
+        return None, {}
+    mask = samples.mask.to(old.dtype)
+    count = mask.sum().clamp(min=1)
+    gap = old - engine.to(old.dtype)
+    stats = {f"rollout/logprob_gap_{agent}": float((gap.abs() * mask).sum() / count)}
+    if cap is None:
+        return None, stats
+    weights = gap.exp().clamp(max=cap) * mask
+    stats[f"rollout/tis_weight_{agent}"] = float(weights.sum() / count)
+    return weights, stats
 
 
 def algorithm_card(cls: type[Algorithm]) -> dict[str, str]:

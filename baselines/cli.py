@@ -4,6 +4,9 @@
     llm-coop train --env coop_writing-v0 --algo independent --output-dir runs/w0-ind
     llm-coop train --env coop_coding-v0 --algo magrpo --model Qwen/Qwen2.5-Coder-3B --preset paper-coding
     llm-coop train ... --resume                                                  # continue a killed run
+    torchrun --nproc-per-node 2 -m baselines.cli train ... --tasks-per-step 4   # data parallel (docs/scaling.md)
+    llm-coop train ... --rollout-backend vllm       # rollouts sampled by vLLM, one LoRA adapter per agent
+    llm-coop train --env coop_coding-v0 ... --reward-workers ray                 # coding rewards on Ray workers
     llm-coop demo                        # MAGRPO vs independent GRPO on coop_writing-v0, before/after table
     llm-coop seeds --seeds 0 1 2 3 4     # the demo's MAGRPO run over several seeds (the +1.0 check)
     llm-coop train --env single:coop_writing-v0 --max-new-tokens 192    # single-agent GRPO (one model, both parts)
@@ -109,7 +112,8 @@ def train_main(argv: list[str]) -> dict:
     except TrainingInterrupted as exc:
         print(f"\nllm-coop train: {exc}", file=sys.stderr)
         raise SystemExit(130) from None
-    print(json.dumps({k: v for k, v in summary.items() if k != "example_after"}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(json.dumps({k: v for k, v in summary.items() if k != "example_after"}))
     return summary
 
 

@@ -36,7 +36,11 @@ class RunConfig:
     """lora = one frozen base + one adapter per agent; full = a full copy per agent (the paper); auto = full
     for the embedded model (LoRA at high lr degenerated there, docs/learning_on_cpu.md), lora otherwise."""
     steps: int = 450
-    """Training steps; one step = one task (the root of one rollout tree)."""
+    """Training steps; one step = `tasks_per_step` tasks (each the root of one rollout tree)."""
+    tasks_per_step: int = 1
+    """Tasks per step (the global batch). 1: one update per tree node (the paper's batch of 1). More: one
+    update per step, each agent's gradient accumulated over every node of every task (mean over tasks);
+    under torchrun the tasks are split over the ranks, so it must be a multiple of the number of processes."""
     seed: int = 0
     """Seed of the task order, the sampling and the LoRA init (evaluation uses fixed seeds for every run)."""
     output_dir: Path | None = None
@@ -104,6 +108,22 @@ class RunConfig:
     """Replace a different run already in output_dir (its files are deleted first)."""
     threads: int = 1
     """torch CPU threads (1 gives bit-identical reruns)."""
+    rollout_backend: Literal["hf", "vllm"] = "hf"
+    """What samples the rollouts: hf = the trainer's own decoding (in-process), vllm = a vLLM engine serving
+    every agent (one LoRA adapter per agent on the shared base), updated after every step (docs/scaling.md)."""
+    vllm_mode: Literal["server", "colocate"] = "server"
+    """vllm only: server = a vLLM OpenAI-compatible server (`vllm_url`, or one started from
+    $LLM_COOP_VLLM_PYTHON), colocate = a vLLM engine inside the trainer process (same device)."""
+    vllm_url: str | None = None
+    """vllm server mode: the base URL of a running server (None = start one)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vllm: the share of the device's memory the engine may take (on CPU: of host RAM)."""
+    tis_cap: float | None = None
+    """vllm: truncated importance sampling, each token's loss weighted by min(pi_trainer / pi_vllm, cap);
+    None = off (the gap is always logged as rollout/logprob_gap_<agent>)."""
+    reward_workers: Literal["local", "ray"] = "local"
+    """Where coding rewards run: local = this machine's sandbox pool, ray = a Ray actor pool of sandboxes
+    (a local Ray, or the cluster at $RAY_ADDRESS). Writing rewards are always computed in-process."""
     device: str = "cpu"
     """torch device, e.g. cpu or cuda."""
     bf16: bool = False
@@ -113,6 +133,14 @@ class RunConfig:
         """Raise ValueError naming the first bad field."""
         checks = [
             ("steps", self.steps >= 1, "must be >= 1"),
+            ("tasks_per_step", self.tasks_per_step >= 1, "must be >= 1"),
+            ("tis_cap", self.tis_cap is None or self.tis_cap > 0, "must be > 0 or None"),
+            ("tis_cap", self.tis_cap is None or self.rollout_backend == "vllm", "needs --rollout-backend vllm"),
+            (
+                "vllm_gpu_memory_utilization",
+                0 < self.vllm_gpu_memory_utilization <= 1,
+                "must be in (0, 1]",
+            ),
             ("num_generations", self.num_generations >= 1, "must be >= 1"),
             ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
             ("temperature", self.temperature >= 0, "must be >= 0"),
@@ -165,10 +193,23 @@ def env_kwargs_of(fields: Mapping[str, Any]) -> dict[str, Any]:
     kwargs = {name: fields[name] for name in ENV_FIELDS}
     if fields.get("feedback", "level") != "level":
         kwargs |= {name: fields[name] for name in FEEDBACK_FIELDS if name in fields}
+    if fields.get("reward_workers", "local") == "ray":
+        kwargs["sandbox"] = "ray"  # the coding env's Ray actor pool of sandboxes
     return kwargs
 
 
-RESUMABLE_FIELDS = frozenset({"steps", "resume", "overwrite", "tensorboard", "save_every"})
+RESUMABLE_FIELDS = frozenset(
+    {
+        "steps",
+        "resume",
+        "overwrite",
+        "tensorboard",
+        "save_every",
+        "reward_workers",  # where rewards run does not change them
+        "vllm_url",  # nor the address of the engine that samples
+        "vllm_gpu_memory_utilization",
+    }
+)
 """Fields that may differ between a run on disk and its `--resume` (steps only upwards)."""
 
 

@@ -209,6 +209,13 @@ RUN_FIELD_DEFAULTS: dict[str, Any] = {
     "lora_targets": [],
     "feedback": "level",
     "feedback_model": "default",
+    "tasks_per_step": 1,
+    "rollout_backend": "hf",
+    "vllm_mode": "server",
+    "vllm_url": None,
+    "vllm_gpu_memory_utilization": 0.3,
+    "tis_cap": None,
+    "reward_workers": "local",
 }
 """config.json fields added after runs were first recorded, with the value every run without them used."""
 

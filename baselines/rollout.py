@@ -12,12 +12,13 @@ are computed on every column; the algorithm alone picks which channel trains whi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from baselines.lm.policies import ChatPrompt, Completions, Policies, SamplingConfig
+from baselines.lm.policies import ChatPrompt, Completions, Policies, Prompt, SamplingConfig
 from baselines.objectives import TreeNode, joint_actions, should_expand
 
 JOINT = 0
@@ -36,6 +37,16 @@ class Node(TreeNode):
     @property
     def joint_rewards(self) -> torch.Tensor:  # (J,)
         return self.rewards[:, JOINT]
+
+
+class Sampler(Protocol):
+    """What rollouts sample from: :class:`~baselines.lm.policies.Policies` itself (the in-process backend) or
+    an engine such as :class:`baselines.lm.vllm_rollout.VLLMSampler`. ``generate`` returns, per agent, the
+    ``repeats`` responses to each of its prompts (rows prompt-major) as Completions the policies can score."""
+
+    def generate(
+        self, prompts: Mapping[str, Sequence[Prompt]], sampling: SamplingConfig, repeats: int = 1
+    ) -> dict[str, Completions]: ...
 
 
 @dataclass
@@ -60,9 +71,13 @@ def env_prompt(env, obs: dict[str, dict], agent: str) -> ChatPrompt:
     return ChatPrompt(text, tuple(chat(agent)))
 
 
-def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSettings) -> Node:
+def rollout_tree(
+    env, obs: dict[str, dict], policies: Policies, rs: RolloutSettings, sampler: Sampler | None = None
+) -> Node:
     """The rollout tree from `env` (whose current observations are `obs`), expanded level by level: at each
-    turn the prompts of every open node are sampled in ONE `generate` call (nodes x G samples per agent)."""
+    turn the prompts of every open node are sampled in ONE `generate` call (nodes x G samples per agent) of
+    ``sampler`` (default: the policies themselves)."""
+    sampler = sampler or policies
     G = rs.num_generations
     frontier: list[tuple[Any, dict, Node | None, int]] = [(env, obs, None, 0)]  # env, obs, parent, slot
     root: Node | None = None
@@ -70,7 +85,7 @@ def rollout_tree(env, obs: dict[str, dict], policies: Policies, rs: RolloutSetti
     while frontier:
         agents = list(frontier[0][0].agents)
         prompts = {a: [env_prompt(e, o, a) for e, o, _, _ in frontier] for a in agents}
-        sampled = policies.generate(prompts, rs.sampling, repeats=G)
+        sampled = sampler.generate(prompts, rs.sampling, repeats=G)
         opened: list[tuple[Any, dict, Node | None, int]] = []
         for i, (node_env, _, parent, slot) in enumerate(frontier):
             own = sampled if len(frontier) == 1 else {a: sampled[a].rows(i * G, (i + 1) * G) for a in agents}

@@ -25,8 +25,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from baselines.algorithm import Algorithm, ModuleSet, PolicyInfo, load_algorithm, train_step
+from baselines.algorithm import (
+    Algorithm,
+    ModuleSet,
+    PolicyInfo,
+    TaskTree,
+    load_algorithm,
+    mean_stats,
+    roll_out_task,
+    train_on_tasks,
+    train_step,
+)
 from baselines.config import RESUMABLE_FIELDS, RunConfig, env_kwargs_of
+from baselines.distributed import DistContext, init_distributed, shard
 from baselines.heldout import RUN_FIELD_DEFAULTS, eval_seeds, heldout_eval
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.loading import resolve_model
@@ -44,7 +55,9 @@ def task_for_step(task_ids: list[str], seed: int, step: int) -> str:
     return task_ids[int(order[index])]
 
 
-def build_policies(cfg: RunConfig, agents: list[str], need_reference: bool = False) -> Policies:
+def build_policies(
+    cfg: RunConfig, agents: list[str], need_reference: bool = False, device: str | None = None
+) -> Policies:
     models = list(cfg.agent_models) if cfg.agent_models else cfg.model
     names = models if isinstance(models, list) else [models]
     embedded = all(resolve_model(name) == str(EMBEDDED_DIR) for name in names)
@@ -60,8 +73,24 @@ def build_policies(cfg: RunConfig, agents: list[str], need_reference: bool = Fal
         chat_template=cfg.chat_template,
         need_reference=need_reference,
         dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
-        device=cfg.device,
+        device=device or cfg.device,
     )
+
+
+def build_sampler(run: RunConfig, policies: Policies):
+    """The rollout sampler of ``run.rollout_backend``: None for ``hf`` (the policies sample themselves), a
+    :class:`baselines.lm.vllm_rollout.VLLMSampler` serving every agent for ``vllm``."""
+    if run.rollout_backend == "hf":
+        return None
+    from baselines.lm.vllm_rollout import VLLMSampler, VLLMSettings
+
+    settings = VLLMSettings(
+        mode=run.vllm_mode,
+        url=run.vllm_url,
+        gpu_memory_utilization=run.vllm_gpu_memory_utilization,
+        max_lora_rank=run.lora_r,
+    )
+    return VLLMSampler(policies, settings, seed=run.seed)
 
 
 def run_eval(make_eval_env, policies: Policies, test_ids: list[str], cfg: RunConfig) -> dict[str, Any]:
@@ -242,19 +271,57 @@ def train(run: RunConfig, algorithm: Algorithm | str, progress: bool = True, mak
     algorithm = load_algorithm(algorithm) if isinstance(algorithm, str) else algorithm
     run.validate()
     algorithm.check_run(run)
-    files = RunFiles(Path(run.output_dir or Path("runs") / algorithm.name))
-    record = run_record(run, algorithm)
-    check_run_dir(files, record, run.resume, run.overwrite)
-    torch.set_num_threads(run.threads)
-    random.seed(run.seed)
-    np.random.seed(run.seed % 2**32)
-    env_kwargs = env_kwargs_of(run.to_json())
-    env = make_env(run.env, **env_kwargs)
-    session = Session(run, algorithm, env, lambda: make_env(run.env, **env_kwargs), files)
-    start = session.begin()
-    files.config.write_text(json.dumps(record, indent=2) + "\n")
-    session.loop(start, progress)
-    return session.finish()
+    dist = init_distributed(run.device)
+    try:
+        check_world(run, algorithm, dist)
+        files = RunFiles(Path(run.output_dir or Path("runs") / algorithm.name))
+        record = run_record(run, algorithm)
+        dist.on_main(lambda: check_run_dir(files, record, run.resume, run.overwrite))
+        torch.set_num_threads(run.threads)
+        random.seed(run.seed)
+        np.random.seed(run.seed % 2**32)
+        env_kwargs = env_kwargs_of(run.to_json())
+        env = _make_env(make_env, run, env_kwargs)
+        session = Session(run, algorithm, env, lambda: make_env(run.env, **env_kwargs), files, dist=dist)
+        try:
+            start = session.begin()
+            if dist.is_main:
+                files.config.write_text(json.dumps(record, indent=2) + "\n")
+            session.loop(start, progress and dist.is_main)
+            return session.finish()
+        finally:
+            session.close()
+    finally:
+        dist.close()
+
+
+def check_world(run: RunConfig, algorithm: Algorithm, dist: DistContext) -> None:
+    """Refuse a torchrun job the runner cannot keep exact: tasks that do not split evenly over the ranks, or
+    an algorithm that keeps state of its own (each rank would update its copy from its own tasks only)."""
+    if not dist.distributed:
+        return
+    if run.tasks_per_step % dist.world_size:
+        raise ValueError(
+            f"config field tasks_per_step={run.tasks_per_step!r}: under torchrun it must be a multiple of the "
+            f"{dist.world_size} processes (each rank trains on tasks_per_step / processes tasks per step)"
+        )
+    if algorithm.state_dict():
+        raise ValueError(
+            f"{type(algorithm).__name__} keeps state of its own, which data parallelism cannot keep in sync; "
+            "train it in one process"
+        )
+
+
+def _make_env(make_env, run: RunConfig, env_kwargs: dict[str, Any]):
+    try:
+        return make_env(run.env, **env_kwargs)
+    except TypeError as error:
+        if "sandbox" in env_kwargs and "sandbox" in str(error):
+            raise ValueError(
+                f"config field reward_workers='ray': {run.env} computes its rewards in-process (only coding envs "
+                "run code, and only their rewards go to Ray workers)"
+            ) from None
+        raise
 
 
 def split_task_ids(env: Any, field: str, split: str) -> list[str]:
@@ -279,31 +346,44 @@ class Session:
     make_eval_env: Callable[[], Any]
     files: RunFiles
     writer: Any = None
+    dist: DistContext = dataclasses.field(default_factory=DistContext)
 
     def __post_init__(self) -> None:
         self.agents = list(self.env.possible_agents)
         self.train_ids = split_task_ids(self.env, "train_split", self.run.train_split)  # before any model loads
         test_ids = split_task_ids(self.env, "eval_split", self.run.eval_split)
         self.test_ids = test_ids[: self.run.eval_tasks] if self.run.eval_tasks else test_ids
-        self.policies = build_policies(self.run, self.agents, need_reference=self.algorithm.reference_kl_coef() != 0)
+        need_reference = self.algorithm.reference_kl_coef() != 0
+        device = self.dist.device(self.run.device)
+        self.policies = build_policies(self.run, self.agents, need_reference, device)
         self.optimizers = make_optimizers(self.policies, self.agents, self.run)
         self.modules = build_modules(self.algorithm, self.policies, self.run)
+        self.sampler = build_sampler(self.run, self.policies)
 
     def begin(self) -> int:
         """The first step to run: 0 for a new run (after the step-0 evaluation), the checkpoint's on resume."""
-        self.files.root.mkdir(parents=True, exist_ok=True)
-        if self.run.tensorboard:
+        main = self.dist.is_main
+        if main:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+        if self.run.tensorboard and main:
             self.writer = _tensorboard(self.files.root)
         if self.run.resume:
             state = load_checkpoint(self.files.checkpoint, self.policies, self.optimizers)
             restore_algorithm(state, self.algorithm, self.modules)
-            _truncate(self.files.metrics, state["metrics_bytes"])
-            _truncate(self.files.evals, state["eval_bytes"])
+            if self.sampler is not None:
+                self.sampler.sync()  # the engine samples from the restored weights
+            if main:
+                _truncate(self.files.metrics, state["metrics_bytes"])
+                _truncate(self.files.evals, state["eval_bytes"])
+            self.dist.barrier()
             return int(state["step"])
+        self.dist.on_main(self._first_eval)
+        return 0
+
+    def _first_eval(self) -> None:
         self.files.metrics.write_text("")
         first = {"step": 0, **run_eval(self.make_eval_env, self.policies, self.test_ids, self.run)}
         self.files.evals.write_text(json.dumps(first) + "\n")
-        return 0
 
     def loop(self, start: int, progress: bool) -> None:
         from tqdm import tqdm
@@ -322,7 +402,8 @@ class Session:
                 if step + 1 == self.run.steps or (step + 1) % self.run.save_every == 0:
                     self.save(step + 1)
         except KeyboardInterrupt:
-            self.save(step)  # `step` did not finish: the checkpoint holds every step before it
+            if self.dist.is_main:  # no collective here: the other ranks may be gone already
+                self._write_checkpoint(step)  # `step` did not finish: the checkpoint holds every step before it
             raise TrainingInterrupted(step, self.files.root) from None
         finally:
             bar.close()
@@ -331,30 +412,76 @@ class Session:
 
     def step(self, step: int) -> dict[str, Any]:
         """Run training step ``step`` (0-based), log it, and evaluate when due."""
+        t0 = time.perf_counter()
+        stats = self._train_one(step) if self.run.tasks_per_step == 1 else self._train_batch(step)
+        if self.sampler is not None:
+            self.sampler.sync()  # the engine samples the next step from the updated weights
+        row = {"step": step + 1, **stats, "time/step_s": time.perf_counter() - t0}
+        every = self.run.eval_every
+        if step + 1 == self.run.steps or (every and (step + 1) % every == 0):
+            mean = self.dist.on_main(lambda: self._eval(step + 1))
+            row["eval/joint_mean"] = mean
+        if self.dist.is_main:
+            self._log(row, step + 1)
+        return row
+
+    def _train_one(self, step: int) -> dict[str, Any]:
+        """One task, one update per tree node (``tasks_per_step`` = 1)."""
         seed = step_seed(self.run.seed, step)
         torch.manual_seed(seed)
         task_id = task_for_step(self.train_ids, self.run.seed, step)
         obs, _ = self.env.reset(seed=seed, options={"task_id": task_id})
-        t0 = time.perf_counter()
-        stats = train_step(
-            self.algorithm, self.env, obs, self.policies, self.optimizers, self.run, self.modules, step, task_id
+        return train_step(
+            self.algorithm,
+            self.env,
+            obs,
+            self.policies,
+            self.optimizers,
+            self.run,
+            self.modules,
+            step,
+            task_id,
+            sampler=self.sampler,
         )
-        row = {"step": step + 1, **stats, "time/step_s": time.perf_counter() - t0}
-        every = self.run.eval_every
-        if step + 1 == self.run.steps or (every and (step + 1) % every == 0):
-            result = {"step": step + 1, **run_eval(self.make_eval_env, self.policies, self.test_ids, self.run)}
-            row["eval/joint_mean"] = result["eval/joint_mean"]
-            with open(self.files.evals, "a") as fh:
-                fh.write(json.dumps(result) + "\n")
+
+    def _train_batch(self, step: int) -> dict[str, Any]:
+        """``tasks_per_step`` tasks (this rank's share under torchrun), one accumulated update. Task k of the run
+        (k = step x tasks_per_step + b) is seeded and chosen from (seed, k) alone, whichever rank runs it."""
+        B = self.run.tasks_per_step
+        trees: list[TaskTree] = []
+        for k in shard(range(step * B, (step + 1) * B), self.dist.rank, self.dist.world_size):
+            seed = step_seed(self.run.seed, k)
+            torch.manual_seed(seed)
+            task_id = task_for_step(self.train_ids, self.run.seed, k)
+            obs, _ = self.env.reset(seed=seed, options={"task_id": task_id})
+            trees.append(
+                roll_out_task(self.algorithm, self.env, obs, self.policies, self.run, step, task_id, self.sampler)
+            )
+        step_stats, own = train_on_tasks(
+            self.algorithm, trees, self.policies, self.optimizers, self.run, self.modules, B, self.dist.all_reduce_grads
+        )
+        every_task = [row for rank_rows in self.dist.all_gather(own) for row in rank_rows]  # in task order
+        return {**mean_stats(every_task), **step_stats}
+
+    def _eval(self, step: int) -> float:
+        result = {"step": step, **run_eval(self.make_eval_env, self.policies, self.test_ids, self.run)}
+        with open(self.files.evals, "a") as fh:
+            fh.write(json.dumps(result) + "\n")
+        return result["eval/joint_mean"]
+
+    def _log(self, row: dict[str, Any], step: int) -> None:
         with open(self.files.metrics, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         if self.writer is not None:
             for key, value in row.items():
                 if key != "step":
-                    self.writer.add_scalar(key, value, step + 1)
-        return row
+                    self.writer.add_scalar(key, value, step)
 
     def save(self, step: int) -> None:
+        """The checkpoint of every step before ``step``, written by rank 0 while the others wait."""
+        self.dist.on_main(lambda: self._write_checkpoint(step))
+
+    def _write_checkpoint(self, step: int) -> None:
         sizes = self.files.metrics.stat().st_size, self.files.evals.stat().st_size
         algorithm = {
             "state": self.algorithm.state_dict(),
@@ -362,8 +489,17 @@ class Session:
         }
         save_checkpoint(self.files.checkpoint, step, self.policies, self.optimizers, *sizes, algorithm)
 
+    def close(self) -> None:
+        """Stop the rollout engine, if one was started."""
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+
     def finish(self) -> dict[str, Any]:
-        """Final weights, summary.json and the reward plot."""
+        """Final weights, summary.json and the reward plot (written by rank 0; every rank returns the summary)."""
+        return self.dist.on_main(self._finish)
+
+    def _finish(self) -> dict[str, Any]:
         out = self.files.root
         for agent in self.agents:
             self.policies.save_final(agent, out / "final" / agent)

@@ -66,6 +66,9 @@ class Completions:
     sample_logprobs: torch.Tensor | None = None  # (B, T) log-prob of each token when it was sampled
     shared_prompt: bool = False  # every row answers the same prompt (scored with one prompt forward)
     prompt_state: PromptState | None = None  # the sampling prefill of the shared prompt, when reusable
+    engine_logprobs: torch.Tensor | None = None
+    """(B, T) an external sampling engine's (vLLM's) log-prob of each token under the unmodified model (no
+    temperature or filters; 0 after the end); None when the trainer's own code sampled."""
 
     @property
     def prompt_width(self) -> int:
@@ -79,8 +82,15 @@ class Completions:
         width = used_width(mask)
         end = self.prompt_width + width
         lps = None if self.sample_logprobs is None else self.sample_logprobs[start:stop, :width]
+        engine = None if self.engine_logprobs is None else self.engine_logprobs[start:stop, :width]
         return Completions(
-            self.sequences[start:stop, cut:end], attn[:, cut:], mask[:, :width], self.texts[start:stop], lps, True
+            self.sequences[start:stop, cut:end],
+            attn[:, cut:],
+            mask[:, :width],
+            self.texts[start:stop],
+            lps,
+            True,
+            engine_logprobs=engine,
         )
 
 

@@ -22,11 +22,11 @@ def ctrl_c_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Iterator[None]
     """Within the block, training step ``step`` (0-based) is interrupted as if by Ctrl-C."""
     real, calls = training.train_step, []
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == step + 1:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_step", interrupted)
     try:

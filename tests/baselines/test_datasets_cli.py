@@ -60,7 +60,7 @@ def test_training_on_a_local_jsonl_uses_its_custom_splits_and_records_them(tmp_p
     data = _writing_file(tmp_path / "posts.jsonl")
     seen: list[str] = []
     real = training.train_step
-    monkeypatch.setattr(training, "train_step", lambda *a: seen.append(a[-1]) or real(*a))  # a[-1]: the task id
+    monkeypatch.setattr(training, "train_step", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))  # a[-1]: task id
     flags = ["--dataset", str(data), "--train-split", "dev", "--eval-split", "holdout", "--steps", "2"]
     train_main([*flags, *TINY, "--output-dir", str(tmp_path / "run"), "--no-progress"])
     assert len(seen) == 2 and all(task.startswith("dev-") for task in seen)
