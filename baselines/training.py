@@ -89,6 +89,8 @@ def build_sampler(run: RunConfig, policies: Policies):
         url=run.vllm_url,
         gpu_memory_utilization=run.vllm_gpu_memory_utilization,
         max_lora_rank=run.lora_r,
+        # a colocated engine on a GPU frees its memory while the trainer updates
+        sleep_between_phases=run.vllm_mode == "colocate" and run.device.startswith("cuda"),
     )
     return VLLMSampler(policies, settings, seed=run.seed)
 
