@@ -107,7 +107,9 @@ def _stack(per_agent: list[tuple[Sequence, str | None]], scale: torch.Tensor | N
                 if adapter is None:
                     raise ValueError("a LoRA-wrapped model needs the adapter of its rows")
                 a_t, b_t = lin.lora_A[adapter].weight.t(), lin.lora_B[adapter].weight.t()
-                block.addmm_(a_t, b_t, alpha=lin.scaling[adapter])
+                # PEFT keeps adapters in float32 on a bf16 base: merge in float32, round once
+                delta = torch.mm(a_t.float(), b_t.float()) * lin.scaling[adapter]
+                block.add_(delta.to(block.dtype))
             if plain.bias is not None:
                 assert bias is not None
                 bias[a, 0, col : col + n] = plain.bias
@@ -335,7 +337,9 @@ def _project(lin, x: torch.Tensor, adapter: str | None) -> torch.Tensor:
     y = lin.base_layer(x)
     if adapter is None:
         return y
-    return y + lin.lora_B[adapter](lin.lora_A[adapter](x)) * lin.scaling[adapter]
+    down = lin.lora_A[adapter]  # PEFT keeps adapters in float32 on a bf16 base, as its own forward does
+    delta = lin.lora_B[adapter](down(x.to(down.weight.dtype))) * lin.scaling[adapter]
+    return y + delta.to(y.dtype)
 
 
 def _heads(attn, name: str, h: torch.Tensor, adapter: str | None) -> torch.Tensor:  # (B, P, h) -> (B, n, P, D)

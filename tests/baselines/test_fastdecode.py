@@ -478,3 +478,21 @@ def test_other_architectures_and_mixed_architectures_are_refused():
     qwen3 = _tiny("qwen3-head-dim-24", 0)
     qwen3.model.layers[1].self_attn.k_norm = torch.nn.Identity()
     assert not StackedDecoder.supports(qwen3), "a Qwen3 layer without its k norm"
+
+
+def test_a_bf16_base_with_float32_lora_adapters_decodes_and_prefills_like_the_module():
+    """PEFT keeps adapters in float32 on a bf16 base: the merge and the prompt pass must cast, as its forward does."""
+    module = _two_adapters(_tiny("llama", 0).to(torch.bfloat16))
+    assert {p.dtype for n, p in module.named_parameters() if "lora_" in n} == {torch.float32}
+    encoded = [_tiny_prompts([11], [0, 4]), _tiny_prompts([8], [0, 0])]
+    tokens = [torch.randint(5, 256, (4, 2)) for _ in encoded]
+    stacked = _stacked_logits([module, module], ["first", "second"], encoded, tokens)
+    for a, (name, (ids, attn), tok) in enumerate(zip(["first", "second"], encoded, tokens, strict=True)):
+        ref = _module_logits(module, ids, attn, tok, adapter=name)
+        torch.testing.assert_close(stacked[:, 2 * a : 2 * a + 2].float(), ref.float(), atol=0.1, rtol=0.05, msg=name)
+    ids, _ = encoded[1]
+    module.set_adapter("first")
+    with torch.no_grad():
+        ref = module(input_ids=ids).logits[:, -1:]
+        got = prompt_pass(module, ids, "first")[0]
+    torch.testing.assert_close(got.float(), ref.float(), atol=0.1, rtol=0.05)
