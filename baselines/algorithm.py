@@ -20,7 +20,8 @@ leaderboard card).
 
 Per node and agent the runner computes the token log-probs of the G responses (with grad), calls ``loss``,
 back-propagates, optionally clips the gradient (``max_grad_norm``) and steps that agent's optimiser; this
-repeats ``update_epochs`` times. Logged per agent: ``loss/<agent>``, ``grad_norm/<agent>``,
+repeats ``update_epochs`` times. With ``tasks_per_step`` > 1 (:func:`train_on_tasks`) the gradients of every
+node of the step's tasks are accumulated (and summed over torchrun ranks) before one step. Logged per agent: ``loss/<agent>``, ``grad_norm/<agent>``,
 ``logprob/<agent>_mean`` (mean summed log-prob), ``kl/<agent>`` (when the KL coefficient is non-zero) and
 whatever ``loss`` returns in its stats dict.
 

@@ -5,6 +5,10 @@ a checkpoint holds the trainable weights, optimiser states, RNG states, the step
 metrics.jsonl at that step. A run killed at any moment and resumed with `--resume` therefore ends with the
 same weights and the same metrics (apart from `time/*` keys) as an uninterrupted run.
 
+With `tasks_per_step` > 1 a step rolls out that many tasks (task k of the run is seeded and chosen from
+(seed, k) alone) and makes one accumulated update; under torchrun the tasks are shared over the ranks, each
+agent's gradient is all-reduced, and rank 0 writes every file (baselines/distributed.py, docs/scaling.md).
+
 A run directory holds one run: training into a directory that holds another run is refused unless
 `--overwrite`; `--resume` checks the stored config.json and allows only `--steps` to grow; Ctrl-C writes a
 checkpoint of the last finished step and says how to continue.
@@ -20,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +46,9 @@ from baselines.heldout import RUN_FIELD_DEFAULTS, eval_seeds, heldout_eval
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.loading import resolve_model
 from baselines.lm.policies import Policies
+
+if TYPE_CHECKING:
+    from baselines.lm.vllm_rollout import VLLMSampler
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -77,7 +84,7 @@ def build_policies(
     )
 
 
-def build_sampler(run: RunConfig, policies: Policies):
+def build_sampler(run: RunConfig, policies: Policies) -> VLLMSampler | None:
     """The rollout sampler of ``run.rollout_backend``: None for ``hf`` (the policies sample themselves), a
     :class:`baselines.lm.vllm_rollout.VLLMSampler` serving every agent for ``vllm``."""
     if run.rollout_backend == "hf":
