@@ -483,7 +483,9 @@ def test_other_architectures_and_mixed_architectures_are_refused():
 def test_a_bf16_base_with_float32_lora_adapters_decodes_and_prefills_like_the_module():
     """PEFT keeps adapters in float32 on a bf16 base: the merge and the prompt pass must cast, as its forward does."""
     module = _two_adapters(_tiny("llama", 0).to(torch.bfloat16))
-    assert {p.dtype for n, p in module.named_parameters() if "lora_" in n} == {torch.float32}
+    for name, param in module.named_parameters():  # what recent PEFT does itself (older releases keep bf16)
+        if "lora_" in name:
+            param.data = param.data.float()
     encoded = [_tiny_prompts([11], [0, 4]), _tiny_prompts([8], [0, 0])]
     tokens = [torch.randint(5, 256, (4, 2)) for _ in encoded]
     stacked = _stacked_logits([module, module], ["first", "second"], encoded, tokens)
