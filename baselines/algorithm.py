@@ -352,25 +352,16 @@ def train_step(
     """One task (``tasks_per_step`` = 1, one process): roll out the tree, compute returns, then for every
     node (root first) the algorithm's advantages, its modules' update (if any) and ``update_epochs``
     optimiser steps per agent: one update per tree node, as in the paper."""
-    root = rollout_tree(env, obs, policies, run.rollout_settings(), sampler)
-    compute_tree_returns(root, run.gamma)
-    nodes = walk(root)
-    stats = node_stats(root, nodes)
+    root, nodes, stats = _roll_out(env, obs, policies, run, sampler)
     adv_abs: list[float] = []
     for group_id, node in enumerate(nodes):
-        group = GroupBatch.from_node(node, group_id, run.num_generations, step, task_id, policies)
-        advantages, extra = _checked_advantages(algorithm, group)
-        stats.update(extra)
-        adv_abs += [float(a.abs().mean()) for a in advantages.values()]
+        group, advantages = _node_advantages(algorithm, node, group_id, run, step, task_id, policies, stats, adv_abs)
         module_loss = _module_loss(algorithm, group, modules)
         if module_loss is not None:
             stats.update(module_loss[1])
             stats.update(modules.step(module_loss[0]))  # type: ignore[union-attr]  # checked by _module_loss
         stats.update(_update(algorithm, policies, optimizers, [(group, advantages)], run, 1, _no_reduce)[0])
-    stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
-    assert root.returns is not None  # filled by compute_tree_returns above
-    stats["return/root_mean"] = float(root.returns[:, JOINT].mean())
-    return stats
+    return _with_step_stats(stats, adv_abs, root)
 
 
 @dataclass
@@ -394,22 +385,48 @@ def roll_out_task(
     sampler: Sampler | None = None,
 ) -> TaskTree:
     """The rollout tree of one task with its returns and every node's advantages, not yet trained on."""
+    root, nodes, stats = _roll_out(env, obs, policies, run, sampler)
+    adv_abs: list[float] = []
+    pairs = [
+        _node_advantages(algorithm, node, group_id, run, step, task_id, policies, stats, adv_abs)
+        for group_id, node in enumerate(nodes)
+    ]
+    return TaskTree([g for g, _ in pairs], [a for _, a in pairs], _with_step_stats(stats, adv_abs, root))
+
+
+def _roll_out(env, obs, policies: Policies, run: RunConfig, sampler: Sampler | None) -> tuple[Node, list[Node], dict]:
+    """The task's rollout tree with its returns, its nodes (root first) and its reward statistics."""
     root = rollout_tree(env, obs, policies, run.rollout_settings(), sampler)
     compute_tree_returns(root, run.gamma)
     nodes = walk(root)
-    stats = node_stats(root, nodes)
-    groups, advantages, adv_abs = [], [], []
-    for group_id, node in enumerate(nodes):
-        group = GroupBatch.from_node(node, group_id, run.num_generations, step, task_id, policies)
-        advantage, extra = _checked_advantages(algorithm, group)
-        stats.update(extra)
-        adv_abs += [float(a.abs().mean()) for a in advantage.values()]
-        groups.append(group)
-        advantages.append(advantage)
+    return root, nodes, node_stats(root, nodes)
+
+
+def _node_advantages(
+    algorithm: Algorithm,
+    node: Node,
+    group_id: int,
+    run: RunConfig,
+    step: int,
+    task_id: str | None,
+    policies: Policies,
+    stats: dict[str, Any],
+    adv_abs: list[float],
+) -> tuple[GroupBatch, dict[str, torch.Tensor]]:
+    """The node as a GroupBatch and its advantages; the algorithm's stats go to ``stats``, each agent's mean
+    |A| to ``adv_abs``."""
+    group = GroupBatch.from_node(node, group_id, run.num_generations, step, task_id, policies)
+    advantages, extra = _checked_advantages(algorithm, group)
+    stats.update(extra)
+    adv_abs += [float(a.abs().mean()) for a in advantages.values()]
+    return group, advantages
+
+
+def _with_step_stats(stats: dict[str, Any], adv_abs: list[float], root: Node) -> dict[str, Any]:
     stats["advantage/abs_mean"] = sum(adv_abs) / len(adv_abs)
-    assert root.returns is not None  # filled by compute_tree_returns above
+    assert root.returns is not None  # filled by compute_tree_returns
     stats["return/root_mean"] = float(root.returns[:, JOINT].mean())
-    return TaskTree(groups, advantages, stats)
+    return stats
 
 
 def train_on_tasks(
@@ -441,8 +458,8 @@ def train_on_tasks(
     pairs = [[(g, a) for g, a in zip(tree.groups, tree.advantages, strict=True)] for tree in trees]
     flat = [pair for task in pairs for pair in task]
     owner = [t for t, task in enumerate(pairs) for _ in task]
-    node_stats_, per_node = _update(algorithm, policies, optimizers, flat, run, total_tasks, reduce)
-    step_stats.update({k: v for k, v in node_stats_.items() if k.startswith("grad_norm/")})
+    update_stats, per_node = _update(algorithm, policies, optimizers, flat, run, total_tasks, reduce)
+    step_stats.update({k: v for k, v in update_stats.items() if k.startswith("grad_norm/")})
     for t, tree in enumerate(trees):
         rows = [row for row, o in zip(per_node, owner, strict=True) if o == t]
         for key in rows[0]:
