@@ -97,6 +97,8 @@ import threading
 import warnings
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from llm_coop_envs.sandbox import judge
 from llm_coop_envs.sandbox.jobs import Backend, JobReport, Limits, SandboxError, TestJob
@@ -170,7 +172,127 @@ class _Pools:
         return judge.merge(raw, splits, verdicts, where, decided), healthy
 
 
-class Sandbox:
+_Runner = TypeVar("_Runner", bound="CachingRunner")
+
+
+class ReportCache:
+    """A thread-safe LRU cache of reports keyed by :func:`job_key` (size 0: off); hits come back with
+    ``cached=True``."""
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {size!r}")
+        self._size = size
+        self._items: collections.OrderedDict[str, JobReport] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> JobReport | None:
+        with self._lock:
+            report = self._items.get(key)
+            if report is not None:
+                self._items.move_to_end(key)
+        return None if report is None else dataclasses.replace(report, cached=True)
+
+    def put(self, key: str, report: JobReport) -> None:
+        if self._size == 0:
+            return
+        with self._lock:
+            self._items[key] = report
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+def job_key(prefix: Sequence[str], limits: Limits, job: TestJob) -> str:
+    """The cache key of a job: everything that can change its report, after ``prefix`` (the backend)."""
+    fields = [job.program, job.tests, job.test_timeout_s, job.max_timeouts, job.call_names, job.judge_prelude]
+    blob = json.dumps([*prefix, *fields, job.budget_s, dataclasses.asdict(limits)])
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class CachingRunner:
+    """What :class:`Sandbox` and :class:`~llm_coop_envs.sandbox.ray_pool.RaySandbox` share: the report cache,
+    ``run``, ``run_batch`` (concurrent, input order, duplicates run once), ``close`` and the context manager.
+    A subclass sets ``_cache`` and ``_finalizer`` and provides :meth:`_key`, :meth:`_execute`,
+    :attr:`_closed` and :attr:`_runners`."""
+
+    _cache: ReportCache
+    _finalizer: weakref.finalize
+
+    def _key(self, job: TestJob) -> str:
+        raise NotImplementedError
+
+    def _execute(self, key: str, job: TestJob) -> tuple[JobReport, bool]:
+        """(report, cacheable) of one job, run now."""
+        raise NotImplementedError
+
+    @property
+    def _closed(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def _runners(self) -> ThreadPoolExecutor:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
+
+    def _run_uncached(self, key: str, job: TestJob) -> JobReport:
+        report, cacheable = self._execute(key, job)
+        if cacheable:
+            self._cache.put(key, report)
+        return report
+
+    def run(self, job: TestJob) -> JobReport:
+        """Run one job (or return its cached report)."""
+        if not isinstance(job, TestJob):
+            raise TypeError(f"run() takes a TestJob, got {type(job).__name__}")
+        self._check_open()
+        key = self._key(job)
+        return self._cache.get(key) or self._run_uncached(key, job)
+
+    def run_batch(self, jobs: Sequence[TestJob]) -> list[JobReport]:
+        """Run jobs concurrently over the workers; results in input order. Duplicates run once."""
+        for job in jobs:
+            if not isinstance(job, TestJob):
+                raise TypeError(f"run_batch() takes TestJobs, got {type(job).__name__}")
+        self._check_open()
+        keys = [self._key(job) for job in jobs]
+        hits: dict[str, JobReport] = {}
+        todo: dict[str, TestJob] = {}
+        for key, job in zip(keys, jobs, strict=True):
+            if key in hits or key in todo:
+                continue
+            hit = self._cache.get(key)
+            if hit is not None:
+                hits[key] = hit
+            else:
+                todo[key] = job
+        futures = {key: self._runners.submit(self._run_uncached, key, job) for key, job in todo.items()}
+        fresh = {key: future.result() for key, future in futures.items()}
+        out: list[JobReport] = []
+        first: dict[str, JobReport] = {}
+        for key in keys:
+            if key in first:  # a duplicate inside this batch
+                out.append(dataclasses.replace(first[key], cached=True))
+                continue
+            first[key] = fresh.get(key) or hits[key]
+            out.append(first[key])
+        return out
+
+    def close(self) -> None:
+        """Stop every worker; idempotent."""
+        self._finalizer()
+
+    def __enter__(self: _Runner) -> _Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Sandbox(CachingRunner):
     """A pool of warm, isolated fork-server workers (and as many judge workers) with an LRU cache of reports.
 
     ``workers`` defaults to the number of CPUs (at most 8); workers start lazily on first use.
@@ -192,15 +314,11 @@ class Sandbox:
         size = workers if workers is not None else max(1, min(os.cpu_count() or 1, 8))
         if size < 1:
             raise ValueError(f"workers must be >= 1, got {workers!r}")
-        if cache_size < 0:
-            raise ValueError(f"cache_size must be >= 0, got {cache_size!r}")
+        self._cache = ReportCache(cache_size)
         self._backend = _resolve_backend(backend, allow_unsafe_root)
         self._limits = limits
         self._pool = _Pools(self._backend, limits, size)
         self._size = size
-        self._cache: collections.OrderedDict[str, JobReport] = collections.OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, self._pool.close)
 
     @property
@@ -223,81 +341,18 @@ class Sandbox:
         return self._size
 
     def _key(self, job: TestJob) -> str:
-        fields = [job.program, job.tests, job.test_timeout_s, job.max_timeouts, job.call_names, job.judge_prelude]
-        blob = json.dumps([self._backend, *fields, job.budget_s, dataclasses.asdict(self._limits)])
-        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+        return job_key([self._backend], self._limits, job)
 
-    def _lookup(self, key: str) -> JobReport | None:
-        with self._cache_lock:
-            report = self._cache.get(key)
-            if report is not None:
-                self._cache.move_to_end(key)
-        return None if report is None else dataclasses.replace(report, cached=True)
+    def _execute(self, key: str, job: TestJob) -> tuple[JobReport, bool]:
+        return self._pool.run(job)
 
-    def _store(self, key: str, report: JobReport) -> None:
-        if self._cache_size == 0:
-            return
-        with self._cache_lock:
-            self._cache[key] = report
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+    @property
+    def _closed(self) -> bool:
+        return self._pool.closed
 
-    def _run_uncached(self, key: str, job: TestJob) -> JobReport:
-        report, cacheable = self._pool.run(job)
-        if cacheable:
-            self._store(key, report)
-        return report
-
-    def run(self, job: TestJob) -> JobReport:
-        """Run one job (or return its cached report)."""
-        if not isinstance(job, TestJob):
-            raise TypeError(f"run() takes a TestJob, got {type(job).__name__}")
-        if self._pool.closed:
-            raise SandboxError("the sandbox is closed")
-        key = self._key(job)
-        return self._lookup(key) or self._run_uncached(key, job)
-
-    def run_batch(self, jobs: Sequence[TestJob]) -> list[JobReport]:
-        """Run jobs concurrently over the workers; results in input order. Duplicates run once."""
-        for job in jobs:
-            if not isinstance(job, TestJob):
-                raise TypeError(f"run_batch() takes TestJobs, got {type(job).__name__}")
-        if self._pool.closed:
-            raise SandboxError("the sandbox is closed")
-        keys = [self._key(job) for job in jobs]
-        results: dict[str, JobReport] = {}
-        todo: dict[str, TestJob] = {}
-        for key, job in zip(keys, jobs, strict=True):
-            if key in results or key in todo:
-                continue
-            hit = self._lookup(key)
-            if hit is not None:
-                results[key] = hit
-            else:
-                todo[key] = job
-        runners = self._pool.programs.runners
-        futures = {key: runners.submit(self._run_uncached, key, job) for key, job in todo.items()}
-        fresh = {key: future.result() for key, future in futures.items()}
-        out: list[JobReport] = []
-        for key in keys:
-            if key in fresh:
-                out.append(fresh.pop(key))  # first occurrence is the real run
-            elif key in results:
-                out.append(results[key])
-            else:  # a duplicate inside this batch
-                out.append(dataclasses.replace(out[keys.index(key)], cached=True))
-        return out
-
-    def close(self) -> None:
-        """Kill every worker process; idempotent."""
-        self._finalizer()
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    @property
+    def _runners(self) -> ThreadPoolExecutor:
+        return self._pool.programs.runners
 
 
 _shared: dict[str, Sandbox] = {}

@@ -40,10 +40,7 @@ why an actor on the subprocess backend warns.
 from __future__ import annotations
 
 import atexit
-import collections
 import dataclasses
-import hashlib
-import json
 import queue
 import socket
 import threading
@@ -53,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from llm_coop_envs.sandbox.api import Sandbox
+from llm_coop_envs.sandbox.api import CachingRunner, ReportCache, Sandbox, job_key
 from llm_coop_envs.sandbox.jobs import Backend, JobReport, Limits, SandboxError, TestJob
 
 __all__ = ["INSTALL_HINT", "RaySandbox", "shared_ray_sandbox"]
@@ -78,42 +75,10 @@ def _host_timeout_s(job: TestJob) -> float:
     return 4 * (job.budget_s + 15) + 60
 
 
-def _job_key(backend: str, limits: Limits, job: TestJob) -> str:
-    """The cache key of a job: everything that can change its report."""
-    fields = [job.program, job.tests, job.test_timeout_s, job.max_timeouts, job.call_names, job.judge_prelude]
-    blob = json.dumps(["ray", backend, *fields, job.budget_s, dataclasses.asdict(limits)])
-    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def _job_name(key: str, job: TestJob) -> str:
     """A short human-readable name of a job for error messages."""
     first = next((line for line in job.program.splitlines() if line.strip()), "")
     return f"job {key[:12]} (program starting {first[:60]!r}, {len(job.tests)} tests)"
-
-
-class _ReportCache:
-    """A thread-safe LRU cache of reports keyed by :func:`_job_key`; hits come back with ``cached=True``."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: collections.OrderedDict[str, JobReport] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> JobReport | None:
-        with self._lock:
-            report = self._items.get(key)
-            if report is not None:
-                self._items.move_to_end(key)
-        return None if report is None else dataclasses.replace(report, cached=True)
-
-    def put(self, key: str, report: JobReport) -> None:
-        if self._size == 0:
-            return
-        with self._lock:
-            self._items[key] = report
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
 
 
 class _SandboxActor:
@@ -344,7 +309,7 @@ def _default_actors(ray: Any, workers_per_actor: int) -> int:
     return max(1, min(cpus // workers_per_actor, _MAX_DEFAULT_ACTORS))
 
 
-class RaySandbox:
+class RaySandbox(CachingRunner):
     """A pool of Ray actors, each holding one local ``Sandbox``, with an LRU cache of reports.
 
     ``address``: None (the current Ray connection, else ``ray.init()``: ``$RAY_ADDRESS`` or a new local Ray),
@@ -394,7 +359,7 @@ class RaySandbox:
         self._limits = limits
         self._count = count
         self._workers_per_actor = workers_per_actor
-        self._cache = _ReportCache(cache_size)
+        self._cache = ReportCache(cache_size)
         self._finalizer = weakref.finalize(self, self._fleet.close)
 
     @property
@@ -426,63 +391,23 @@ class RaySandbox:
     def closed(self) -> bool:
         return self._fleet.closed
 
-    def _check_open(self) -> None:
-        if self._fleet.closed:
-            raise SandboxError("the sandbox is closed")
+    def _key(self, job: TestJob) -> str:
+        return job_key(["ray", self.backend], self._limits, job)
 
-    def _run_uncached(self, key: str, job: TestJob) -> JobReport:
-        report, cacheable = self._fleet.run(key, job)
-        if cacheable:
-            self._cache.put(key, report)
-        return report
+    def _execute(self, key: str, job: TestJob) -> tuple[JobReport, bool]:
+        return self._fleet.run(key, job)
 
-    def run(self, job: TestJob) -> JobReport:
-        """Run one job on an actor (or return its cached report)."""
-        if not isinstance(job, TestJob):
-            raise TypeError(f"run() takes a TestJob, got {type(job).__name__}")
-        self._check_open()
-        key = _job_key(self.backend, self._limits, job)
-        return self._cache.get(key) or self._run_uncached(key, job)
+    @property
+    def _closed(self) -> bool:
+        return self._fleet.closed
 
-    def run_batch(self, jobs: Sequence[TestJob]) -> list[JobReport]:
-        """Run jobs concurrently over the actors; results in input order. Duplicates run once."""
-        for job in jobs:
-            if not isinstance(job, TestJob):
-                raise TypeError(f"run_batch() takes TestJobs, got {type(job).__name__}")
-        self._check_open()
-        backend = self.backend
-        keys = [_job_key(backend, self._limits, job) for job in jobs]
-        hits: dict[str, JobReport] = {}
-        todo: dict[str, TestJob] = {}
-        for key, job in zip(keys, jobs, strict=True):
-            if key in hits or key in todo:
-                continue
-            hit = self._cache.get(key)
-            if hit is not None:
-                hits[key] = hit
-            else:
-                todo[key] = job
-        futures = {key: self._fleet.runners.submit(self._run_uncached, key, job) for key, job in todo.items()}
-        fresh = {key: future.result() for key, future in futures.items()}
-        out: list[JobReport] = []
-        first: dict[str, JobReport] = {}
-        for key in keys:
-            if key in first:  # a duplicate inside this batch
-                out.append(dataclasses.replace(first[key], cached=True))
-                continue
-            first[key] = fresh.get(key) or hits[key]
-            out.append(first[key])
-        return out
+    @property
+    def _runners(self) -> ThreadPoolExecutor:
+        return self._fleet.runners
 
     def close(self) -> None:
         """Stop every actor (and Ray, when this module started it); idempotent."""
         self._finalizer()
-
-    def __enter__(self) -> RaySandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 _shared: dict[str, RaySandbox] = {}
