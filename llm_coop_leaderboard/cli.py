@@ -1,4 +1,4 @@
-"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``example``."""
+"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``compare A B``, ``example``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from llm_coop_leaderboard.build import BuildError, check, write
+from llm_coop_leaderboard.compare import CompareError, compare_entries, format_comparison
 from llm_coop_leaderboard.entries import write_entry
 from llm_coop_leaderboard.schema import EntryError, leaderboard_root, load_entry
 from llm_coop_leaderboard.scoring import RescoreError, rescore
@@ -23,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything is stale/invalid")
     rescore_cmd = commands.add_parser("rescore", help="re-score entries from their transcripts, mark 're-scored'")
     rescore_cmd.add_argument("entries", nargs="+", type=Path)
+    compare = commands.add_parser("compare", help="paired per-seed comparison of two entries, a - b with a 95%% CI")
+    compare.add_argument("a", type=Path, help="entry file")
+    compare.add_argument("b", type=Path, help="entry file on the same env, dataset and split")
+    compare.add_argument("--metric", default=None, help="per-task metric (default: a's primary metric)")
+    compare.add_argument("--scale", type=float, default=1.0, help="multiply values (4 = coop_coding-v0 joint return)")
     example = commands.add_parser("example", help="write the scripted example entry for a writing env")
     example.add_argument("--env", required=True)
     example.add_argument("--split", default="test")
@@ -71,6 +77,16 @@ def _rescore(root: Path, paths: list[Path]) -> int:
     return 0
 
 
+def _compare(root: Path, a: Path, b: Path, metric: str | None, scale: float) -> int:
+    try:
+        result = compare_entries(load_entry(a.resolve(), root), load_entry(b.resolve(), root), metric, scale)
+    except (EntryError, CompareError, OSError) as error:
+        print(f"compare: {error}", file=sys.stderr)
+        return 1
+    print(format_comparison(result))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``llm-coop leaderboard`` / ``python -m llm_coop_leaderboard``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -83,6 +99,8 @@ def main(argv: list[str]) -> int:
         return _build(root, args.check)
     if args.command == "rescore":
         return _rescore(root, args.entries)
+    if args.command == "compare":
+        return _compare(root, args.a, args.b, args.metric, args.scale)
     from llm_coop_leaderboard.example import write_example_entry
 
     print(write_example_entry(args.env, args.seeds, args.split, root))

@@ -1,0 +1,118 @@
+"""Paired comparison of two leaderboard entries on the same split: per seed, and the mean difference with a
+stratified bootstrap interval.
+
+Two rows of a leaderboard table carry their own intervals; whether one method beats another is a question
+about the *difference*, which is far less noisy when both were evaluated on the same tasks with the same
+seeds (a hard task is hard for both). ``compare_entries(a, b)`` takes the score matrices of the two entries
+(``per_task[metric][seed][task]``), keeps the seeds they share, subtracts cell by cell and reports:
+
+* per seed: the mean of each entry and their difference (``a - b``);
+* the mean difference over every cell with a percentile interval from ``stratified_bootstrap_ci`` (seeds
+  resampled per task, the task set fixed), so an interval above 0 means ``a`` separates from ``b`` on this
+  split at that confidence;
+* on how many seeds ``a`` is ahead.
+
+``a`` *separates* from ``b`` when the interval lies above 0 **and** ``a`` is ahead on every seed. The
+second condition matters: resampling seeds per task averages a whole run's luck out across tasks, so with
+a few training seeds the interval alone can clear 0 while one run is behind.
+
+With a training-seed entry (one trained run per seed, sampled with its seed) against an untrained
+sampling-seed one, seed ``s`` pairs run ``s`` with the untrained team sampled under seed ``s``: the same
+tasks and sampling seed, the training being the difference. ``scale`` multiplies every value (4.0 turns
+``coop_coding-v0``'s normalised return into its joint return, whose maximum is 4.0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llm_coop_leaderboard.stats import Interval, stratified_bootstrap_ci
+
+__all__ = ["CompareError", "Comparison", "compare_entries", "format_comparison"]
+
+
+class CompareError(ValueError):
+    """Two entries that cannot be compared cell by cell; the message says why."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a`` against ``b`` on ``metric`` (values multiplied by ``scale``)."""
+
+    a: str
+    b: str
+    metric: str
+    scale: float
+    seeds: tuple[int, ...]
+    tasks: int
+    per_seed: tuple[tuple[int, float, float], ...]  # (seed, mean of a, mean of b)
+    difference: Interval  # mean of a - b over every shared (seed, task) cell
+
+    @property
+    def seeds_ahead(self) -> int:
+        return sum(a > b for _, a, b in self.per_seed)
+
+    @property
+    def separates(self) -> bool:
+        """The interval of the difference lies above 0 and ``a`` is ahead on every seed."""
+        return self.difference.low > 0.0 and self.seeds_ahead == len(self.seeds)
+
+
+_SAME = ((("env", "id"), "envs"), (("env", "spec_hash"), "env specs"), (("dataset", "hash"), "datasets"))
+
+
+def _check_comparable(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> None:
+    for (section, key), what in (*_SAME, (("dataset", "split"), "splits")):
+        if a[section][key] != b[section][key]:
+            raise CompareError(f"{a['entry_id']} and {b['entry_id']} are on different {what}")
+    for entry in (a, b):
+        if metric not in entry.get("per_task", {}):
+            raise CompareError(f"{entry['entry_id']} has no per-task scores of {metric!r}")
+
+
+def _matrix(entry: Mapping[str, Any], metric: str, seeds: Sequence[int]) -> dict[int, dict[str, float]]:
+    return {s: dict(entry["per_task"][metric][str(s)]) for s in seeds}
+
+
+def compare_entries(
+    a: Mapping[str, Any], b: Mapping[str, Any], metric: str | None = None, scale: float = 1.0
+) -> Comparison:
+    """``a`` against ``b`` on their shared seeds and tasks; ``metric`` defaults to ``a``'s primary metric."""
+    metric = metric or str(a["metrics"]["primary"])
+    _check_comparable(a, b, metric)
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    if not seeds:
+        raise CompareError(f"{a['entry_id']} and {b['entry_id']} share no seed")
+    cells_a, cells_b = _matrix(a, metric, seeds), _matrix(b, metric, seeds)
+    tasks = sorted(cells_a[seeds[0]])
+    for s in seeds:
+        if sorted(cells_a[s]) != tasks or sorted(cells_b[s]) != tasks:
+            raise CompareError(f"{a['entry_id']} and {b['entry_id']} scored different tasks under seed {s}")
+    diff = [[scale * (cells_a[s][t] - cells_b[s][t]) for t in tasks] for s in seeds]
+    per_seed = tuple((s, _mean(cells_a[s], scale), _mean(cells_b[s], scale)) for s in seeds)
+    ids = str(a["entry_id"]), str(b["entry_id"])
+    return Comparison(*ids, metric, scale, tuple(seeds), len(tasks), per_seed, stratified_bootstrap_ci(diff, "mean"))
+
+
+def _mean(cells: Mapping[str, float], scale: float) -> float:
+    return scale * sum(cells.values()) / len(cells)
+
+
+def format_comparison(result: Comparison) -> str:
+    """A markdown table per seed and a line with the mean difference and its 95% interval."""
+    lines = [
+        f"a = {result.a}",
+        f"b = {result.b}",
+        f"{result.metric} x {result.scale:g}, {result.tasks} tasks, seeds {', '.join(map(str, result.seeds))}",
+        "",
+        "| seed | a | b | a - b |",
+        "|---|---|---|---|",
+        *(f"| {s} | {va:.3f} | {vb:.3f} | {va - vb:+.3f} |" for s, va, vb in result.per_seed),
+        "",
+        f"mean a - b: {result.difference.point:+.3f} [{result.difference.low:+.3f}, {result.difference.high:+.3f}] "
+        f"(95% stratified bootstrap); a ahead on {result.seeds_ahead} of {len(result.seeds)} seeds; "
+        + ("a separates from b" if result.separates else "no separation (interval reaches 0 or a seed behind)"),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""``compare``: paired per-seed differences of two entries, their bootstrap interval, and the refusals."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_coop_leaderboard import load_entry, main
+from llm_coop_leaderboard.compare import CompareError, compare_entries, format_comparison
+
+ENTRY = "entries/scripted-lead--coop_writing-v0--test.json"
+
+
+@pytest.fixture
+def entry(board: Path) -> dict[str, Any]:
+    return dict(load_entry(board / ENTRY, board))
+
+
+def _shifted(entry: dict[str, Any], by_seed: dict[str, float]) -> dict[str, Any]:
+    """A copy whose every per-task return under seed s is lowered by ``by_seed[s]``."""
+    other = copy.deepcopy(entry)
+    other["entry_id"] = "shifted"
+    for seed, cells in other["per_task"]["return"].items():
+        for task in cells:
+            cells[task] -= by_seed[seed]
+    return other
+
+
+def test_a_constant_gap_is_the_difference_with_a_point_interval(entry: dict[str, Any]) -> None:
+    result = compare_entries(entry, _shifted(entry, {"0": 0.1, "1": 0.1}), scale=4.0)
+    assert result.seeds == (0, 1) and result.tasks == len(entry["per_task"]["return"]["0"])
+    assert result.difference.point == pytest.approx(0.4)
+    assert (result.difference.low, result.difference.high) == pytest.approx((0.4, 0.4))
+    assert result.separates and result.seeds_ahead == 2
+    for seed, a, b in result.per_seed:
+        assert a == pytest.approx(4.0 * entry["metrics"]["per_seed"][str(seed)]["return"])
+        assert a - b == pytest.approx(0.4)
+
+
+def test_a_seed_behind_does_not_separate(entry: dict[str, Any]) -> None:
+    result = compare_entries(entry, _shifted(entry, {"0": 0.2, "1": -0.1}))
+    assert result.difference.point == pytest.approx(0.05)
+    assert -0.1 < result.difference.low < 0.05 < result.difference.high < 0.2
+    assert result.seeds_ahead == 1 and not result.separates  # whatever the interval says
+    text = format_comparison(result)
+    assert "| 0 |" in text and "+0.200 |" in text and "-0.100 |" in text and "no separation" in text
+
+
+def test_only_shared_seeds_are_paired(entry: dict[str, Any]) -> None:
+    other = _shifted(entry, {"0": 0.1, "1": 0.3})
+    other["seeds"] = [1]
+    result = compare_entries(entry, other)
+    assert result.seeds == (1,) and result.difference.point == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda e: e["dataset"].update(split="train"), "different splits"),
+        (lambda e: e["dataset"].update(hash="0" * 64), "different datasets"),
+        (lambda e: e["env"].update(spec_hash="0" * 64), "different env specs"),
+        (lambda e: e.update(seeds=[7]), "share no seed"),
+        (lambda e: e["per_task"]["return"]["0"].pop(sorted(e["per_task"]["return"]["0"])[0]), "different tasks"),
+        (lambda e: e["per_task"].pop("return"), "no per-task scores of 'return'"),
+    ],
+)
+def test_entries_that_cannot_be_paired_are_refused(entry: dict[str, Any], change: Any, message: str) -> None:
+    other = _shifted(entry, {"0": 0.0, "1": 0.0})
+    change(other)
+    with pytest.raises(CompareError, match=message):
+        compare_entries(entry, other)
+
+
+def test_cli_prints_the_table_and_refuses_a_missing_entry(board: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(board / ENTRY)
+    assert main(["--root", str(board), "compare", path, path, "--scale", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "return x 4, " in out and "mean a - b: +0.000" in out and "no separation" in out
+    assert main(["--root", str(board), "compare", path, str(board / "entries" / "missing.json")]) == 1
+    assert "compare:" in capsys.readouterr().err
