@@ -210,13 +210,29 @@ def train_steps(entry: Mapping[str, Any]) -> int | None:
     return None if steps is None else int(steps)
 
 
+def tasks_per_step(entry: Mapping[str, Any]) -> int:
+    """Tasks each training step learned from (``method.config.train_config.tasks_per_step``; 1 when absent)."""
+    return int(entry["method"].get("config", {}).get("train_config", {}).get("tasks_per_step", 1))
+
+
+def _budget(entry: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(training steps per run, tasks per step); None for methods that were not trained."""
+    steps = train_steps(entry)
+    return None if steps is None else (steps, tasks_per_step(entry))
+
+
+def _budget_text(budget: tuple[int, int]) -> str:
+    steps, tasks = budget
+    return f"{steps}" if tasks == 1 else f"{steps} ({tasks} tasks each)"
+
+
 def _budgets_differ(rows: Sequence[Row]) -> bool:
-    return len({steps for row in rows if (steps := train_steps(row.entry)) is not None}) > 1
+    return len({budget for row in rows if (budget := _budget(row.entry)) is not None}) > 1
 
 
 def _steps_cell(entry: Mapping[str, Any], differ: bool) -> str:
-    steps = train_steps(entry)
-    return "–" if steps is None else f"{steps}" + (" ²" if differ else "")
+    budget = _budget(entry)
+    return "–" if budget is None else _budget_text(budget) + (" ²" if differ else "")
 
 
 def _ranked_table(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
@@ -244,12 +260,12 @@ def _ranked_table(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
 def _budget_note(rows: Sequence[Row]) -> list[str]:
     if not _budgets_differ(rows):
         return []
-    by_steps: dict[int, list[str]] = defaultdict(list)
+    by_budget: dict[tuple[int, int], list[str]] = defaultdict(list)
     for row in rows:
-        steps = train_steps(row.entry)
-        if steps is not None:
-            by_steps[steps].append(row.entry["method"]["name"])
-    parts = "; ".join(f"{steps} steps: {', '.join(names)}" for steps, names in sorted(by_steps.items()))
+        budget = _budget(row.entry)
+        if budget is not None:
+            by_budget[budget].append(row.entry["method"]["name"])
+    parts = "; ".join(f"{_budget_text(b)} steps: {', '.join(names)}" for b, names in sorted(by_budget.items()))
     return [f"² Training budgets differ between these rows ({parts}): compare trained rows at equal budgets."]
 
 
@@ -333,7 +349,8 @@ def _group_page(key: GroupKey, rows: Sequence[Row], references: Sequence[Mapping
         "- Final-checkpoint scores, in % of the maximum. Mean and IQM over seeds × tasks; 95% stratified bootstrap "
         f"intervals ({BOOTSTRAP_REPLICATES} replicates, seeds resampled within each task, bootstrap seed "
         f"{BOOTSTRAP_SEED}). Rank: the ranks compatible with the mean intervals (overlapping intervals share a band).",
-        "- Train steps: training steps per run (– = not trained). Seeds: `training` = one trained run per seed "
+        '- Train steps: training steps per run (– = not trained; "(B tasks each)" when every step learned from B '
+        "tasks). Seeds: `training` = one trained run per seed "
         "(each sampled with its seed); `sampling` = one model sampled under each seed.",
         "",
         *_ranked_table(rows, _columns([row.entry for row in rows], "per_seed")),

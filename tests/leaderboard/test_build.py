@@ -85,10 +85,12 @@ def test_grouping_never_mixes_spec_hashes(board: Path, tmp_path: Path) -> None:
     assert len(pages) == 4  # two groups, a table and a plot each
 
 
-def _trained_copy(board: Path, entry_id: str, name: str, steps: int, kind: str) -> None:
+def _trained_copy(board: Path, entry_id: str, name: str, steps: int, kind: str, tasks_per_step: int = 1) -> None:
     entry = json.loads((board / "entries" / f"{WRITING_ENTRY}.json").read_text())
     entry.update(entry_id=entry_id, train_steps=steps, seed_kind=kind, training_seeds=entry["seeds"])
     entry["method"].update(name=name, family="joint-reward")
+    if tasks_per_step != 1:
+        entry["method"]["config"] = {"train_config": {"tasks_per_step": tasks_per_step}}
     (board / "entries" / f"{entry_id}.json").write_text(json.dumps(entry))
 
 
@@ -106,6 +108,15 @@ def test_tables_show_training_steps_and_seed_kinds_and_flag_differing_budgets(bo
     page = next(t.decode() for n, t in build_outputs(board).items() if n.endswith(".md") and "writing" in n)
     assert "| 450 ² |" in page and "| 20 ² |" in page
     assert "² Training budgets differ between these rows (20 steps: Short; 450 steps: Long)" in page
+
+
+def test_steps_of_several_tasks_are_a_budget_of_their_own(board: Path) -> None:
+    _trained_copy(board, "one-task-steps", "One", 20, "training")
+    _trained_copy(board, "two-task-steps", "Two", 20, "training", tasks_per_step=2)
+    page = next(t.decode() for n, t in build_outputs(board).items() if n.endswith(".md") and "writing" in n)
+    two = next(line for line in page.splitlines() if "[two-task-steps]" in line)
+    assert "| 20 (2 tasks each) ² |" in two
+    assert "(20 steps: One; 20 (2 tasks each) steps: Two)" in page
 
 
 def test_cli_without_a_leaderboards_directory_names_root(tmp_path: Path, monkeypatch, capsys) -> None:
