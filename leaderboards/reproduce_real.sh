@@ -25,7 +25,7 @@ JOBS=${JOBS:-2}
 RUNS=${RUNS:-runs/real}
 STEPS=${STEPS:-15}
 TURNS=${TURNS:-1}
-ALGOS=${ALGOS:-"magrpo independent"}
+ALGOS=${ALGOS-"magrpo independent"}  # ALGOS="" trains and evaluates none
 BASELINES=${BASELINES-"parallel single sequential discussion"}  # BASELINES="" evaluates none
 ENVS=${ENVS:-"coop_coding-v0"}
 BASELINE_ENVS=${BASELINE_ENVS:-"coop_coding-v0 coop_writing-v0 coop_abstract_expansion-v0"}
