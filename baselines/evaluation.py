@@ -92,7 +92,7 @@ from baselines.heldout import (
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.loading import resolve_model
 from baselines.lm.policies import ChatPrompt, Policies, SamplingConfig
-from baselines.untrained import PROTOCOLS, SINGLE_AGENT, Generate, Round, run_protocol
+from baselines.untrained import PROTOCOLS, SINGLE_AGENT, Generate, Round, generate_calls, run_protocol
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
 from llm_coop_envs.datasets import DatasetError
@@ -345,6 +345,13 @@ def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list
     return result
 
 
+def _bar_steps_per_batch(plan: Plan, env: CoopParallelEnv) -> int:
+    """Progress updates per batch: a trained run's turns (at most the env's), a baseline's generate calls."""
+    if plan.run is not None:
+        return env.max_turns
+    return generate_calls(plan.protocol, len(env.possible_agents))
+
+
 def _recorded_heldout(run: RunRecord) -> dict[str, Any]:
     """The run's final row of eval.jsonl (its evaluation after the last step)."""
     path = run.path / "eval.jsonl"
@@ -513,9 +520,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     method = method_record(cfg, plan)
     entry_id = cfg.entry_id or entry_id_for(cfg, plan, method["name"], env)
     paths = _output_paths(root, entry_id, len(tasks) < len(every), cfg.overwrite)
-    rounds = {"single": 1, "parallel": env.max_turns, "sequential": 2, "discussion": 4}[plan.protocol]
     batches = math.ceil(len(tasks) / (cfg.batch_tasks or len(tasks)))
-    bar = tqdm(total=len(plan.seeds) * batches * rounds, desc=f"eval {plan.env}", disable=not cfg.progress)
+    total = len(plan.seeds) * batches * _bar_steps_per_batch(plan, env)
+    bar = tqdm(total=total, desc=f"eval {plan.env}", disable=not cfg.progress)
     if plan.run is None:
         result = _run_baseline(cfg, plan, env, tasks, bar)
     else:

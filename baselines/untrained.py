@@ -62,6 +62,7 @@ __all__ = [
     "SingleAgentEnv",
     "base_env_id",
     "discussion_prompt",
+    "generate_calls",
     "make_env",
     "run_protocol",
     "sequential_prompt",
@@ -123,6 +124,15 @@ def _parallel_round(generate: Generate, prompts: Mapping[str, list[str]]) -> Rou
     tokens = [sum(results[agent][1][i] for agent in prompts) for i in range(rows)]
     times = [r[2] for r in results.values()]
     return Round(actions, max(times), sum(times), tokens)
+
+
+def generate_calls(protocol: str, agents: int) -> int:
+    """How many ``generate`` calls :func:`run_protocol` makes per batch: one per agent and round, one for
+    ``single``."""
+    calls = {"single": 1, "parallel": agents, "sequential": agents, "discussion": 2 * agents}
+    if protocol not in calls:
+        raise ValueError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
+    return calls[protocol]
 
 
 def run_protocol(

@@ -26,6 +26,7 @@ from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import SamplingConfig
 from baselines.untrained import (
     discussion_prompt,
+    generate_calls,
     make_env,
     run_protocol,
     sequential_prompt,
@@ -114,6 +115,16 @@ def test_discussion_round_two_sees_both_drafts_and_single_uses_one_call():
     gen = ScriptedGenerate({})
     (single,) = run_protocol("single", env, _prompts(env), gen)
     assert [role for role, _ in gen.calls] == ["single"] and set(single.actions[0]) == {"summary", "elaboration"}
+
+
+@pytest.mark.parametrize("protocol", ["single", "parallel", "sequential", "discussion"])
+def test_generate_calls_counts_what_the_protocol_calls(protocol):
+    env = make("coop_coding-v0")  # the progress bar's total is built from this count
+    gen = ScriptedGenerate({})
+    run_protocol(protocol, env, _prompts(env), gen)
+    assert generate_calls(protocol, len(env.possible_agents)) == len(gen.calls)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        generate_calls("debate", 2)
 
 
 # ----- the runner end to end ---------------------------------------------------------------------------------------
