@@ -10,6 +10,8 @@
 # Settings: SEEDS ("0 1 2"), JOBS (2), RUNS (runs/real), STEPS (15 training steps, one task each),
 # ALGOS (the trained rows: "magrpo independent"; "single" adds single-agent GRPO), ENVS (trained and evaluated),
 # BASELINES (untrained protocols), BASELINE_ENVS (all three envs), BASELINE_SEEDS (their sampling seeds, "0 1 2 3 4"),
+# HUMANEVAL (untrained protocols on the real HumanEval test set, 5 samples per problem, pass@1 and pass@5,
+# phase "humaneval": "parallel single"),
 # TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/),
 # TASKS_PER_STEP (1; B > 1 = one accumulated update over B tasks per step), EVAL_EVERY (0 = before and after only),
 # NPROC (1; N > 1 trains each run with `torchrun --nproc-per-node N`, one run at a time, B a multiple of N).
@@ -33,7 +35,8 @@ BASELINE_SEEDS=${BASELINE_SEEDS:-"0 1 2 3 4"}
 TASKS_PER_STEP=${TASKS_PER_STEP:-1}
 EVAL_EVERY=${EVAL_EVERY:-0}
 NPROC=${NPROC:-1}
-PHASES=${PHASES:-"train eval build"}
+HUMANEVAL=${HUMANEVAL-"parallel single"}
+PHASES=${PHASES:-"train eval build"}  # add "humaneval" for HumanEval pass@k (~1 h 45 min per protocol here)
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python}
 SUFFIX=$([ "$TURNS" = 1 ] && echo "" || echo "-${TURNS}turn")
@@ -86,6 +89,13 @@ if [[ " $PHASES " == *" eval "* ]]; then
       [ -d "$RUNS/$env$SUFFIX/$method-seed${SEEDS%% *}" ] || continue
       $PY -m baselines.evaluation --policy "$RUNS/$env$SUFFIX/$method-seed{seed}" --seeds $SEEDS --no-progress --overwrite
     done
+  done
+fi
+
+if [[ " $PHASES " == *" humaneval "* ]]; then
+  for base in $HUMANEVAL; do
+    $PY -m baselines.evaluation --env coop_coding-v0 --baseline "$base" --model "$MODEL" --dataset human-eval \
+      --samples 5 --pass-k 1 5 --batch-tasks 8 --no-progress --overwrite
   done
 fi
 
