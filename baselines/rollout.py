@@ -146,4 +146,22 @@ def node_stats(root: Node, nodes: list[Node]) -> dict[str, Any]:
     for agent, c in root.completions.items():
         stats[f"completion/{agent}_tokens_mean"] = float(c.mask.sum(dim=1).float().mean())
         stats[f"completion/{agent}_chars_mean"] = sum(len(t) for t in c.texts) / len(c.texts)
+    for turn in sorted({n.turn for n in nodes}):
+        prefix = "breakdown/" if turn == 1 else f"breakdown/turn{turn}/"
+        level = [info for n in nodes if n.turn == turn for info in n.infos]
+        stats.update({f"{prefix}{k}_mean": v for k, v in breakdown_means(level).items()})
     return stats
+
+
+def breakdown_means(infos: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, float]:
+    """Mean over joint actions of every number or flag in the env's ``infos[agent]["breakdown"]`` (the score's
+    parts, the same dict for every agent; e.g. coding's ``calls_aux``, ``cooperation``, ``tests``)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for info in infos:
+        first = next(iter(info.values()), {})
+        for key, value in first.get("breakdown", {}).items():
+            if isinstance(value, bool | int | float):
+                sums[key] = sums.get(key, 0.0) + float(value)
+                counts[key] = counts.get(key, 0) + 1
+    return {key: sums[key] / counts[key] for key in sums}

@@ -159,6 +159,8 @@ def test_multi_turn_tree_and_cross_mode_run():
     obs, _ = env.reset(options={"task_id": "train-0"})
     stats = magrpo_step(env, obs, policies, opts, small_cfg(num_generations=2, max_turns=2, early_termination=None))
     assert stats["tree/nodes"] == 1 + 2  # aligned: 1 + G nodes for H = 2
+    assert {"breakdown/words_mean", "breakdown/empty_mean", "breakdown/turn2/words_mean"} <= set(stats)
+    assert not any("note" in key for key in stats), "text in a breakdown is not averaged"
     from baselines.rollout import rollout_tree
 
     env1 = ToyEnv(max_turns=1)
@@ -307,3 +309,22 @@ def test_single_agent_grpo_is_magrpo_with_one_agent():
     assert stats["advantage/abs_mean"] > 0 and "loss/first" in stats
     after = snapshot(policies)
     assert all(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_breakdown_means_count_how_often_main_calls_aux():
+    from baselines.rollout import breakdown_means
+    from llm_coop_envs import make
+
+    env = make("coop_coding-v0")
+    env.reset(seed=0, options={"task_id": "coop_code/005"})
+    helper = "def aux(s):\n    return [(c, s.count(c)) for c in s]"
+    mains = [
+        "def longest_run_char(s):\n    return max(aux(s), key=lambda p: p[1])",
+        "def longest_run_char(s):\n    pass",
+    ]
+    infos = [env.clone().step({"helper": helper, "main": main})[4] for main in mains]
+    means = breakdown_means(infos)
+    assert means["calls_aux"] == 0.5 and means["aux_defined"] == 1.0
+    expected = sum(i["main"]["breakdown"]["cooperation"] for i in infos) / 2
+    assert expected > 0 and means["cooperation"] == pytest.approx(expected)
+    assert "syntax_error" not in means and "visible_tests" not in means

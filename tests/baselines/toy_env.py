@@ -34,6 +34,12 @@ class ToyEnv:
         target = 4 if agent == "first" else 12
         return 1.0 / (1.0 + abs(len(text.split()) - target))
 
+    @staticmethod
+    def _breakdown(actions: dict[str, str]) -> dict:
+        """A score's parts as an env reports them: numbers, flags and text."""
+        words = sum(len(t.split()) for t in actions.values())
+        return {"words": words, "empty": words == 0, "note": "text is not averaged"}
+
     def step(self, actions: dict[str, str]):
         assert set(actions) == set(self.agents), "missing agent"
         self._turn += 1
@@ -41,7 +47,10 @@ class ToyEnv:
         joint = sum(ind.values()) / len(ind)
         done = self._turn >= self.max_turns
         rewards = {a: (joint if self.reward_mode == "joint" else ind[a]) for a in self.agents}
-        infos = {a: {"joint_reward": joint, "individual_reward": ind[a], "breakdown": {}} for a in self.agents}
+        infos = {
+            a: {"joint_reward": joint, "individual_reward": ind[a], "breakdown": self._breakdown(actions)}
+            for a in self.agents
+        }
         obs = {a: {"prompt": f"Task {self._task} for {a}: you said {actions[a][:40]!r}. Again:"} for a in self.agents}
         if done:
             self.agents = []
