@@ -72,6 +72,8 @@ class EvalConfig:
     top_k: int | None = None
     top_p: float | None = None
     chat_template: bool | None = None
+    max_turns: int | None = None
+    feedback: str | None = None
     tasks: int | None = None
     batch_tasks: int = 0
     pass_k: tuple[int, ...] = (1,)
@@ -100,6 +102,7 @@ class EvalConfig:
                 raise EvalError(
                     "--allow-train-on-eval-split is for --policy: an untrained baseline has no training split"
                 )
+            self._validate_turns()
         if self.policy is not None and self.model is not None:
             raise EvalError("--model is for --baseline; a --policy run directory names its own models")
         for flag, value in (("--dataset", self.dataset), ("--split", self.split)):
@@ -119,6 +122,20 @@ class EvalConfig:
             raise EvalError(f"--seeds needs at least one seed, each once; got {list(self.seeds)}")
         if self.heldout:
             self._validate_heldout()
+
+    def _validate_turns(self) -> None:
+        """A baseline's multi-turn flags: only ``parallel`` plays the env's turns (the other protocols have their
+        own rounds), and feedback needs a second turn to be shown in."""
+        turns = 1 if self.max_turns is None else self.max_turns
+        if turns < 1:
+            raise EvalError(f"--max-turns must be >= 1, got {turns}")
+        if turns > 1 and self.baseline != "parallel":
+            raise EvalError(
+                f"--max-turns {turns} is for --baseline parallel (the team answers the env's feedback each turn); "
+                f"{self.baseline!r} has its own rounds (baselines/untrained.py)"
+            )
+        if self.feedback is not None and turns < 2:
+            raise EvalError("--feedback is shown from the second turn on: it needs --max-turns >= 2")
 
     def _validate_heldout(self) -> None:
         assert self.policy is not None
@@ -179,9 +196,10 @@ def _baseline_plan(cfg: EvalConfig) -> Plan:
     budget = pick("max_new_tokens") * (2 if cfg.baseline == "single" else 1)  # single: both parts in one answer
     sampling = SamplingConfig(budget, pick("temperature"), pick("top_k"), pick("top_p"))
     assert cfg.env is not None and cfg.baseline is not None  # validate()
+    given = {"dataset": cfg.dataset, "max_turns": cfg.max_turns, "feedback": cfg.feedback}
     return Plan(
         env=cfg.env,
-        env_kwargs={} if cfg.dataset is None else {"dataset": cfg.dataset},
+        env_kwargs={name: value for name, value in given.items() if value is not None},
         split=pick("split"),
         seeds=tuple(pick("seeds")),
         tasks=cfg.tasks or 0,
@@ -264,6 +282,8 @@ def _policy_plan(cfg: EvalConfig) -> Plan:
     for name in ("max_new_tokens", "temperature", "top_k", "top_p"):
         _check_flag(f"--{name.replace('_', '-')}", getattr(cfg, name), getattr(sampling, name), run)
     _check_flag("--chat-template", cfg.chat_template, bool(run.field("chat_template")), run)
+    _check_flag("--max-turns", cfg.max_turns, int(run.field("max_turns")), run)
+    _check_flag("--feedback", cfg.feedback, run.field("feedback"), run)
     tasks = cfg.tasks or 0
     if cfg.heldout:
         tasks = int(run.field("eval_tasks"))

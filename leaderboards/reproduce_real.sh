@@ -12,7 +12,8 @@
 # BASELINES (untrained protocols), BASELINE_ENVS (all three envs), BASELINE_SEEDS (their sampling seeds, "0 1 2 3 4"),
 # HUMANEVAL (untrained protocols on the real HumanEval test set, 5 samples per problem, pass@1 and pass@5,
 # phase "humaneval": "parallel single"),
-# TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/),
+# TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/; the
+# eval phase then also plays the untrained parallel team at those turns, TEAM_BASELINE=0 skips it),
 # TASKS_PER_STEP (1; B > 1 = one accumulated update over B tasks per step), EVAL_EVERY (0 = before and after only),
 # NPROC (1; N > 1 trains each run with `torchrun --nproc-per-node N`, one run at a time, B a multiple of N).
 # The larger budget in the leaderboard: NPROC=2 TASKS_PER_STEP=2 STEPS=16 EVAL_EVERY=8 RUNS=runs/real32.
@@ -36,6 +37,7 @@ TASKS_PER_STEP=${TASKS_PER_STEP:-1}
 EVAL_EVERY=${EVAL_EVERY:-0}
 NPROC=${NPROC:-1}
 HUMANEVAL=${HUMANEVAL-"parallel single"}
+TEAM_BASELINE=${TEAM_BASELINE:-1}  # with TURNS > 1: 1 = also evaluate the untrained parallel team at those turns
 PHASES=${PHASES:-"train eval build"}  # add "humaneval" for HumanEval pass@k (parallel 110 min, single 88 min here)
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python}
@@ -84,6 +86,12 @@ if [[ " $PHASES " == *" eval "* ]]; then
       $PY -m baselines.evaluation --env "$env" --baseline "$base" --model "$MODEL" --seeds $BASELINE_SEEDS --no-progress --overwrite
     done
   done
+  if [ "$TURNS" != 1 ] && [ "$TEAM_BASELINE" = 1 ]; then  # the untrained team on the multi-turn board
+    for env in $ENVS; do
+      $PY -m baselines.evaluation --env "$env" --baseline parallel --max-turns "$TURNS" --model "$MODEL" \
+        --seeds $BASELINE_SEEDS --no-progress --overwrite
+    done
+  fi
   for env in $ENVS; do
     for method in $ALGOS; do
       [ -d "$RUNS/$env$SUFFIX/$method-seed${SEEDS%% *}" ] || continue

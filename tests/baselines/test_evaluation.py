@@ -216,6 +216,67 @@ def test_eval_of_part_of_a_split_writes_no_entry(tmp_path):
     assert len(records) == 2 and len(records[0].turns) == 2  # both discussion rounds kept, round 2 reported
 
 
+def test_untrained_team_plays_a_multi_turn_env_with_feedback_like_a_trained_run(tmp_path, monkeypatch):
+    from baselines.lm.policies import ChatPrompt, Policies
+    from baselines.rollout import env_prompt
+
+    calls: list[tuple[Any, dict[str, list[ChatPrompt]]]] = []
+    original = Policies.generate
+    monkeypatch.setattr(
+        Policies,
+        "generate",
+        lambda self, prompts, *a, **k: calls.append((self, prompts)) or original(self, prompts, *a, **k),
+    )
+    cfg = _baseline(env="coop_coding-v0", baseline="parallel", max_turns=2, seeds=(0,), root=tmp_path)
+    result = evaluate(cfg)
+    assert result.entry_path is not None
+    entry = load_entry(result.entry_path, tmp_path)
+    assert entry["env"]["spec_hash"] == make("coop_coding-v0", max_turns=2).spec.spec_hash()  # the 2-turn board
+    assert entry["decoding"]["max_turns"] == 2 and "2 turns" in entry["method"]["description"]
+    records = read_transcript(tmp_path / entry["transcript"]["path"]).records
+    assert len(records) == 16 and {len(r.turns) for r in records} == {2}  # the embedded model solves nothing
+    assert rescore(entry, read_transcript(tmp_path / entry["transcript"]["path"])).records == 16
+    team, first = calls[0]
+    assert len(calls) == 2 and all(policies is team for policies, _ in calls)  # one call per turn, all agents
+    assert set(team.members) == {"helper", "main"} and team.members["helper"].module is team.members["main"].module
+    lora_b = [p for n, p in team.members["main"].module.named_parameters() if "lora_B" in n]
+    assert lora_b and all(not p.any() for p in lora_b), "never trained: B = 0, so the base model's output"
+    env = make("coop_coding-v0")
+    obs, _ = env.reset(seed=0, options={"task_id": env.task_ids("test")[0]})
+    for agent in ("helper", "main"):  # turn 1 is the parallel protocol's prompt
+        assert (
+            first[agent][0].messages
+            == ChatPrompt.from_text(obs[agent]["prompt"], env.role_instructions(agent)).messages
+        )
+    second = calls[1][1]["main"][0]
+    assert len(second.messages) > len(first["main"][0].messages) and "aux" in second.messages[-1]["content"]
+    replay = make("coop_coding-v0", max_turns=2)
+    replay.reset(seed=0, options={"task_id": env.task_ids("test")[0]})
+    o, *_ = replay.step(dict(records[0].turns[0].actions))
+    assert second.messages == env_prompt(replay, o, "main").messages  # the env's feedback observation
+
+
+def test_multi_turn_baseline_flags_are_checked(trained_run):
+    for flags, message in (
+        ({"baseline": "sequential", "max_turns": 2}, "--max-turns 2 is for --baseline parallel"),
+        ({"baseline": "parallel", "max_turns": 0}, "--max-turns must be >= 1"),
+        ({"baseline": "parallel", "feedback": "plain"}, "--feedback .* needs --max-turns >= 2"),
+    ):
+        with pytest.raises(EvalError, match=message):
+            _baseline(env="coop_coding-v0", **flags).validate()
+    plan = plan_evaluation(_baseline(env="coop_coding-v0", baseline="parallel", max_turns=2, feedback="plain"))
+    assert plan.env_kwargs == {"max_turns": 2, "feedback": "plain"}
+    cfg = config_from_args(
+        ["--env", "coop_coding-v0", "--baseline", "parallel", "--max-turns", "3", "--feedback", "plain"]
+    )
+    assert (cfg.max_turns, cfg.feedback) == (3, "plain")
+    with pytest.raises(EvalError, match=r"--max-turns 2 contradicts the run: .* records 1"):
+        plan_evaluation(_quick(policy=str(trained_run), max_turns=2))
+    with pytest.raises(EvalError, match=r"--feedback 'plain' contradicts the run: .* records 'level'"):
+        plan_evaluation(_quick(policy=str(trained_run), feedback="plain"))
+    plan_evaluation(_quick(policy=str(trained_run), max_turns=1, feedback="level"))  # repeating the run's values
+
+
 # ----- trained runs: evaluation reproduces training ------------------------------------------------------------------
 def test_heldout_mode_reproduces_the_runs_final_evaluation(trained_run, tmp_path):
     result = evaluate(_quick(policy=str(trained_run), heldout=True, root=tmp_path))
