@@ -379,10 +379,17 @@ def _plot(key: GroupKey, rows: Sequence[Row], references: Sequence[Mapping[str, 
     )
 
 
-def _index(pages: Sequence[tuple[str, str, str, int]]) -> str:
-    lines = [_BANNER, "# Leaderboards", "", "| Env | Split / dataset | Entries | Page |", "|---|---|---|---|"]
-    lines += [f"| `{env}` | {what} | {count} | [{page}]({page}) |" for env, what, page, count in pages]
+def _index(pages: Sequence[tuple[str, str, str, str, int]]) -> str:
+    lines = [_BANNER, "# Leaderboards", "", "| Env | Env kwargs | Split / dataset | Entries | Page |"]
+    lines += ["|---|---|---|---|---|"]
+    lines += [f"| `{env}` | {kw} | {what} | {count} | [{page}]({page}) |" for env, kw, what, page, count in pages]
     return "\n".join(lines) + "\n"
+
+
+def _kwargs_cell(entry: Mapping[str, Any]) -> str:
+    """The env kwargs a board's spec adds to the registered env (``max_turns=2``), or "defaults"."""
+    kwargs = entry["env"]["spec"].get("kwargs") or {}
+    return ", ".join(f"`{k}={json.dumps(v)}`" for k, v in sorted(kwargs.items())) or "defaults"
 
 
 def build_outputs(root: Path) -> dict[str, bytes]:
@@ -401,15 +408,15 @@ def build_outputs(root: Path) -> dict[str, bytes]:
         rows, refs = _rows(members, statuses), references.get(key.env_id, [])
         outputs[f"{GENERATED}/{key.slug()}.md"] = _group_page(key, rows, refs).encode()
         outputs[f"{GENERATED}/{key.slug()}.svg"] = _plot(key, rows, refs).encode()
-        pages.append(
-            (key.env_id, f"`{key.split}` of `{rows[0].entry['dataset']['name']}`", f"{key.slug()}.md", len(rows))
-        )
+        what = f"`{key.split}` of `{rows[0].entry['dataset']['name']}`"
+        pages.append((key.env_id, _kwargs_cell(rows[0].entry), what, f"{key.slug()}.md", len(rows)))
     covered = {key.env_id for key in group_entries(entries)}
     for env_id in sorted(set(references) - covered):
         slug = f"{env_id.replace('/', '--')}--reference"
         outputs[f"{GENERATED}/{slug}.md"] = _reference_page(env_id, references[env_id]).encode()
-        pages.append((env_id, "published numbers only", f"{slug}.md", 0))
-    outputs[f"{GENERATED}/index.md"] = _index(sorted(pages)).encode()
+        pages.append((env_id, "", "published numbers only", f"{slug}.md", 0))
+    pages.sort(key=lambda page: (page[0], page[1] != "defaults", page[1:]))  # per env, the registered spec first
+    outputs[f"{GENERATED}/index.md"] = _index(pages).encode()
     return outputs
 
 

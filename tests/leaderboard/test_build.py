@@ -23,6 +23,16 @@ def test_build_is_byte_identical_and_check_passes(board: Path) -> None:
     assert main(["--root", str(board), "build", "--check"]) == 0
 
 
+def test_the_index_names_the_env_kwargs_of_each_board() -> None:
+    from llm_coop_leaderboard.build import _kwargs_cell
+
+    def entry(kwargs: dict) -> dict:
+        return {"env": {"spec": {"id": "coop_coding-v0", "kwargs": kwargs}}}
+
+    assert _kwargs_cell(entry({})) == "defaults"
+    assert _kwargs_cell(entry({"max_turns": 2, "dataset": "human-eval"})) == '`dataset="human-eval"`, `max_turns=2`'
+
+
 def test_committed_leaderboard_is_up_to_date() -> None:
     assert main(["build", "--check"]) == 0
 
