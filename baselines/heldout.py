@@ -2,7 +2,9 @@
 ``llm-coop eval --policy RUN``.
 
 One sampled episode per (task, sample) of the held-out tasks, every episode of a seed batched per turn (one
-``Policies.generate`` call per turn for all open episodes and all agents). Seeding, per seed ``s``: the
+``Policies.generate`` call per turn for all open episodes and all agents). The env factory is called once per
+call; each episode plays a ``clone()`` of that env (an env without ``clone`` is built per episode), so what an
+env loads once, such as a feedback model (``feedback="hf:<model>"``), is loaded once, not once per episode. Seeding, per seed ``s``: the
 torch RNG is set to ``s`` before the first call (and restored afterwards), episode ``i`` (tasks in order,
 samples of a task next to each other) is reset with ``seed=s + i``. A multi-turn episode continues with the
 observations its env returned until the env ends it; its score is the joint reward of its last turn.
@@ -135,9 +137,11 @@ def play_heldout(
     rng_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     keys = [(task_id, s) for task_id in task_ids for s in range(samples)]
+    template = env_factory()  # ONE env built; each episode plays a clone, so what it loads (a feedback model) is shared
+    clone = getattr(template, "clone", None)
     envs, obs = [], []
     for i, (task_id, _) in enumerate(keys):
-        env = env_factory()
+        env = clone() if callable(clone) else env_factory()
         o, _ = env.reset(seed=seed + i, options={"task_id": task_id})
         envs.append(env)
         obs.append(o)

@@ -290,6 +290,28 @@ def test_heldout_mode_reproduces_the_runs_final_evaluation(trained_run, tmp_path
         evaluate(_quick(policy=str(trained_run), heldout=True, seeds=(0,), root=tmp_path))
 
 
+def test_held_out_episodes_share_one_feedback_model(monkeypatch):
+    from baselines.heldout import play_heldout
+    from baselines.lm.policies import Policies
+    from llm_coop_envs import feedback
+
+    loads: list[int] = []
+    original = feedback.HFFeedbackModel._load
+    monkeypatch.setattr(feedback.HFFeedbackModel, "_load", lambda self: loads.append(id(self)) or original(self))
+    factory_calls: list[int] = []
+
+    def factory():
+        factory_calls.append(1)
+        return make("coop_coding-v0", max_turns=2, feedback="hf:embedded")
+
+    policies = Policies(["helper", "main"], None, "lora")
+    task_ids = make("coop_coding-v0").task_ids("test")[:3]
+    run = play_heldout(factory, policies, task_ids, SamplingConfig(8), seed=0)
+    assert len(run.episodes) == 3 and {len(e.turns) for e in run.episodes} == {2}  # feedback was asked for
+    assert factory_calls == [1] and len(loads) == 1, "one env built, its feedback model loaded once"
+    assert len({id(e.env) for e in run.episodes}) == 3  # each episode its own env (a clone)
+
+
 def test_each_lora_agent_gets_its_own_base_model(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

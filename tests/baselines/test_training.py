@@ -30,6 +30,23 @@ def magrpo_step(env, obs, policies, optimizers, run: RunConfig) -> dict:
     return train_step(MAGRPO(MAGRPOConfig()), env, obs, policies, optimizers, run)
 
 
+def assert_documented(row: dict) -> None:
+    """Every key of a metrics row matches a key of the Metrics table in baselines/README.md (``<agent>``,
+    ``<key>``, ``<t>`` and ``<module>`` stand for a name, any breakdown key, a turn and a module)."""
+    import re
+
+    readme = (Path(__file__).parents[2] / "baselines" / "README.md").read_text()
+    table = readme.split("## Metrics", 1)[1].split("\n\n", 2)[1]
+    names = {"agent": r"\w+", "key": r"\w+", "t": r"\d+", "module": r"\w+"}
+    patterns = []
+    for line in table.splitlines()[2:]:
+        key = line.split("|")[1].strip().strip("`")
+        parts = re.split(r"<(\w+)>", key)
+        patterns.append("".join(re.escape(x) if i % 2 == 0 else names[x] for i, x in enumerate(parts)))
+    undocumented = [k for k in row if not any(re.fullmatch(p, k) for p in patterns)]
+    assert patterns and not undocumented, f"keys missing from the Metrics table of baselines/README.md: {undocumented}"
+
+
 def snapshot(policies: Policies) -> dict[str, torch.Tensor]:
     out = {}
     for _agent, m in policies.members.items():
@@ -161,6 +178,7 @@ def test_multi_turn_tree_and_cross_mode_run():
     assert stats["tree/nodes"] == 1 + 2  # aligned: 1 + G nodes for H = 2
     assert {"breakdown/words_mean", "breakdown/empty_mean", "breakdown/turn2/words_mean"} <= set(stats)
     assert not any("note" in key for key in stats), "text in a breakdown is not averaged"
+    assert_documented(stats)
     from baselines.rollout import rollout_tree
 
     env1 = ToyEnv(max_turns=1)
@@ -284,6 +302,7 @@ def test_cli_train_smoke_on_every_registered_env(env_id, tmp_path, capsys):
     )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and {"step", "reward/joint_mean", "time/step_s"} <= set(rows[0])
+    assert_documented(rows[0])
     assert (out / "final").is_dir() and (out / "reward_curve.png").exists()
 
 
