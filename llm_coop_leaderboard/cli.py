@@ -1,4 +1,4 @@
-"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``compare A B``, ``example``."""
+"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``compare A B``, ``turns ENTRY``, ``example``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from llm_coop_leaderboard.build import BuildError, check, write
-from llm_coop_leaderboard.compare import CompareError, compare_entries, format_comparison
+from llm_coop_leaderboard.compare import CompareError, compare_entries, compare_turns, format_comparison
 from llm_coop_leaderboard.entries import write_entry
 from llm_coop_leaderboard.schema import EntryError, leaderboard_root, load_entry
 from llm_coop_leaderboard.scoring import RescoreError, rescore
@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("b", type=Path, help="entry file on the same env, dataset and split")
     compare.add_argument("--metric", default=None, help="per-task metric (default: a's primary metric)")
     compare.add_argument("--scale", type=float, default=1.0, help="multiply values (4 = coop_coding-v0 joint return)")
+    turns = commands.add_parser("turns", help="a multi-turn entry's final turn against its first, paired per episode")
+    turns.add_argument("entry", type=Path, help="entry file with a transcript")
+    turns.add_argument("--metric", default=None, help="breakdown key (default: the entry's primary metric)")
+    turns.add_argument("--scale", type=float, default=1.0, help="multiply values (4 = coop_coding-v0 joint return)")
     example = commands.add_parser("example", help="write the scripted example entry for a writing env")
     example.add_argument("--env", required=True)
     example.add_argument("--split", default="test")
@@ -87,6 +91,19 @@ def _compare(root: Path, a: Path, b: Path, metric: str | None, scale: float) -> 
     return 0
 
 
+def _turns(root: Path, path: Path, metric: str | None, scale: float) -> int:
+    try:
+        entry = load_entry(path.resolve(), root)
+        if entry.get("transcript") is None:
+            raise EntryError(f"{path}: has no transcript to read the turns from")
+        result = compare_turns(entry, read_transcript(root / entry["transcript"]["path"]), metric, scale)
+    except (EntryError, CompareError, TranscriptError, OSError) as error:
+        print(f"turns: {error}", file=sys.stderr)
+        return 1
+    print(format_comparison(result))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``llm-coop leaderboard`` / ``python -m llm_coop_leaderboard``; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -101,6 +118,8 @@ def main(argv: list[str]) -> int:
         return _rescore(root, args.entries)
     if args.command == "compare":
         return _compare(root, args.a, args.b, args.metric, args.scale)
+    if args.command == "turns":
+        return _turns(root, args.entry, args.metric, args.scale)
     from llm_coop_leaderboard.example import write_example_entry
 
     print(write_example_entry(args.env, args.seeds, args.split, root))

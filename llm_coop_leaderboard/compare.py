@@ -30,7 +30,7 @@ from typing import Any
 
 from llm_coop_leaderboard.stats import Interval, stratified_bootstrap_ci
 
-__all__ = ["CompareError", "Comparison", "compare_entries", "format_comparison"]
+__all__ = ["CompareError", "Comparison", "compare_entries", "compare_turns", "format_comparison"]
 
 
 class CompareError(ValueError):
@@ -93,6 +93,32 @@ def compare_entries(
     diff = [[scale * (cells_a[s][t] - cells_b[s][t]) for t in tasks] for s in seeds]
     per_seed = tuple((s, _mean(cells_a[s], scale), _mean(cells_b[s], scale)) for s in seeds)
     ids = str(a["entry_id"]), str(b["entry_id"])
+    return Comparison(*ids, metric, scale, tuple(seeds), len(tasks), per_seed, stratified_bootstrap_ci(diff, "mean"))
+
+
+def compare_turns(
+    entry: Mapping[str, Any], transcript: Any, metric: str | None = None, scale: float = 1.0
+) -> Comparison:
+    """A multi-turn entry's final turn (``a``) against its first turn (``b``), episode by episode: what the
+    turns after feedback changed. Each cell is a (seed, task) mean over samples of ``metric`` in the turn's
+    breakdown; an episode that ended after one turn counts the same answer on both sides."""
+    metric = metric or str(entry["metrics"]["primary"])
+    first: dict[int, dict[str, list[float]]] = {}
+    final: dict[int, dict[str, list[float]]] = {}
+    for record in transcript.records:
+        for side, turn in ((first, record.turns[0]), (final, record.turns[-1])):
+            if metric not in turn.breakdown:
+                raise CompareError(f"{entry['entry_id']}: turn breakdowns have no {metric!r}")
+            side.setdefault(record.seed, {}).setdefault(record.task_id, []).append(float(turn.breakdown[metric]))
+    seeds = sorted(first)
+    if not seeds:
+        raise CompareError(f"{entry['entry_id']}: its transcript has no records")
+    tasks = sorted(first[seeds[0]])
+    cells_a = {s: {t: sum(v) / len(v) for t, v in final[s].items()} for s in seeds}
+    cells_b = {s: {t: sum(v) / len(v) for t, v in first[s].items()} for s in seeds}
+    diff = [[scale * (cells_a[s][t] - cells_b[s][t]) for t in tasks] for s in seeds]
+    per_seed = tuple((s, _mean(cells_a[s], scale), _mean(cells_b[s], scale)) for s in seeds)
+    ids = f"final turn of {entry['entry_id']}", f"turn 1 of {entry['entry_id']}"
     return Comparison(*ids, metric, scale, tuple(seeds), len(tasks), per_seed, stratified_bootstrap_ci(diff, "mean"))
 
 

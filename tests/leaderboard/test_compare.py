@@ -81,3 +81,34 @@ def test_cli_prints_the_table_and_refuses_a_missing_entry(board: Path, capsys: p
     assert "return x 4, " in out and "mean a - b: +0.000" in out and "no separation" in out
     assert main(["--root", str(board), "compare", path, str(board / "entries" / "missing.json")]) == 1
     assert "compare:" in capsys.readouterr().err
+
+
+def _episode(seed: int, task: str, returns: list[float]) -> Any:
+    from llm_coop_leaderboard.transcripts import TranscriptRecord, TurnRecord
+
+    turns = tuple(TurnRecord({"a": "x"}, 4 * r, {"a": 0.0}, {"return": r}) for r in returns)
+    return TranscriptRecord(seed, task, 0, turns)
+
+
+def test_turns_pair_each_episodes_final_answer_with_its_first() -> None:
+    from llm_coop_leaderboard.compare import compare_turns
+    from llm_coop_leaderboard.transcripts import Transcript
+
+    records = (
+        _episode(0, "t1", [0.25, 0.5]),  # improved by 0.25 after feedback
+        _episode(0, "t2", [0.5]),  # solved at turn 1: the same answer on both sides
+        _episode(1, "t1", [0.5, 0.25]),  # got worse
+        _episode(1, "t2", [0.0, 0.0]),
+    )
+    entry = {"entry_id": "team", "metrics": {"primary": "return"}}
+    result = compare_turns(entry, Transcript("env", "hash", "test", ("a",), records), scale=4)
+    assert result.per_seed == ((0, 2.0, 1.5), (1, 0.5, 1.0)) and result.tasks == 2
+    assert result.difference.point == pytest.approx(0.0) and result.seeds_ahead == 1 and not result.separates
+    with pytest.raises(CompareError, match="no 'tests'"):
+        compare_turns(entry, Transcript("env", "hash", "test", ("a",), records), metric="tests")
+
+
+def test_turns_cli_on_a_single_turn_entry_finds_no_change(board: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(board), "turns", str(board / ENTRY)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("a = final turn of scripted-lead") and "mean a - b: +0.000 [+0.000, +0.000]" in out
