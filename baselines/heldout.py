@@ -4,9 +4,9 @@
 One sampled episode per (task, sample) of the held-out tasks, every episode of a seed batched per turn (one
 ``Policies.generate`` call per turn for all open episodes and all agents). The env factory is called once per
 call; each episode plays a ``clone()`` of that env (an env without ``clone`` is built per episode), so what an
-env loads once, such as a feedback model (``feedback="hf:<model>"``), is loaded once, not once per episode. Seeding, per seed ``s``: the
-torch RNG is set to ``s`` before the first call (and restored afterwards), episode ``i`` (tasks in order,
-samples of a task next to each other) is reset with ``seed=s + i``. A multi-turn episode continues with the
+env loads once, such as a feedback model (``feedback="hf:<model>"``), is loaded once, not once per episode.
+Seeding, per seed ``s``: the torch RNG is set to ``s`` before the first call (and restored afterwards),
+episode ``i`` (tasks in order, samples of a task next to each other) is reset with ``seed=s + i``. A multi-turn episode continues with the
 observations its env returned until the env ends it; its score is the joint reward of its last turn.
 
 The training runner evaluates with :func:`heldout_eval` on the seeds :func:`eval_seeds` ``(eval_seeds)``

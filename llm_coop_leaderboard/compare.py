@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_coop_leaderboard.stats import Interval, stratified_bootstrap_ci
+from llm_coop_leaderboard.transcripts import Transcript
 
 __all__ = ["CompareError", "Comparison", "compare_entries", "compare_turns", "format_comparison"]
 
@@ -97,7 +98,7 @@ def compare_entries(
 
 
 def compare_turns(
-    entry: Mapping[str, Any], transcript: Any, metric: str | None = None, scale: float = 1.0
+    entry: Mapping[str, Any], transcript: Transcript, metric: str | None = None, scale: float = 1.0
 ) -> Comparison:
     """A multi-turn entry's final turn (``a``) against its first turn (``b``), episode by episode: what the
     turns after feedback changed. Each cell is a (seed, task) mean over samples of ``metric`` in the turn's
