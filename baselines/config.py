@@ -18,7 +18,16 @@ from typing import Any, Literal
 from baselines.lm.completions import SamplingConfig
 from baselines.rollout import RolloutSettings
 
-__all__ = ["ENV_FIELDS", "FEEDBACK_FIELDS", "PRESETS", "RESUMABLE_FIELDS", "RunConfig", "env_kwargs_of", "preset"]
+__all__ = [
+    "ENV_FIELDS",
+    "FEEDBACK_FIELDS",
+    "PRESETS",
+    "RESUMABLE_FIELDS",
+    "SWITCH_ENV_FIELDS",
+    "RunConfig",
+    "env_kwargs_of",
+    "preset",
+]
 
 
 @dataclass
@@ -92,6 +101,12 @@ class RunConfig:
     """Multi-turn coding feedback (env kwarg): level, plain, hf:<model name or path> or openai:<base url>."""
     feedback_model: str = "default"
     """The model name sent to an openai:<url> feedback server (env kwarg)."""
+    share_aux_hint: bool = False
+    """Coding env kwarg: show both agents the task's agreed helper (`aux_hint` of the bundled data: its
+    signature and what it does)."""
+    answer_start: bool = False
+    """Coding env kwarg: each agent's answer begins with its function's header (`def aux(` for the helper,
+    `def <entry point>(` for main), which the model continues; the header is prompt, so it gets no gradient."""
     eval_every: int = 50
     """Evaluate on the held-out split every this many steps (0 = only before and after training)."""
     eval_tasks: int = 0
@@ -155,6 +170,7 @@ class RunConfig:
             ("save_every", self.save_every >= 1, "must be >= 1"),
             ("resume", not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             ("joint_mode", self.joint_mode == "aligned" or self.max_turns == 1, "cross is single-turn only"),
+            ("answer_start", not (self.answer_start and self.env.startswith("single:")), "is for the team env"),
             ("train_split", bool(self.train_split), "must name a split of the dataset"),
             ("eval_split", bool(self.eval_split), "must name a split of the dataset"),
             (
@@ -187,12 +203,16 @@ FEEDBACK_FIELDS = ("feedback", "feedback_model")
 """RunConfig fields passed to the env only when feedback is not the default (level), since only the coding
 env takes them."""
 
+SWITCH_ENV_FIELDS = ("share_aux_hint", "answer_start")
+"""RunConfig switches passed to the env only when on, since only the coding env takes them."""
+
 
 def env_kwargs_of(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The env kwargs of a run from its RunConfig fields (a RunConfig's ``to_json()`` or a config.json)."""
     kwargs = {name: fields[name] for name in ENV_FIELDS}
     if fields.get("feedback", "level") != "level":
         kwargs |= {name: fields[name] for name in FEEDBACK_FIELDS if name in fields}
+    kwargs |= {name: True for name in SWITCH_ENV_FIELDS if fields.get(name, False)}
     if fields.get("reward_workers", "local") == "ray":
         kwargs["sandbox"] = "ray"  # the coding env's Ray actor pool of sandboxes
     return kwargs

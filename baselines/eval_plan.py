@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baselines.config import SWITCH_ENV_FIELDS
 from baselines.heldout import HELDOUT_SPLIT, RunError, RunRecord, eval_seeds, read_run
 from baselines.lm.builtin import builtin_defaults
 from baselines.lm.completions import SamplingConfig
@@ -74,6 +75,8 @@ class EvalConfig:
     chat_template: bool | None = None
     max_turns: int | None = None
     feedback: str | None = None
+    share_aux_hint: bool | None = None
+    answer_start: bool | None = None
     tasks: int | None = None
     batch_tasks: int = 0
     pass_k: tuple[int, ...] = (1,)
@@ -125,7 +128,7 @@ class EvalConfig:
 
     def _validate_turns(self) -> None:
         """A baseline's multi-turn flags: only ``parallel`` plays the env's turns (the other protocols have their
-        own rounds), and feedback needs a second turn to be shown in."""
+        own rounds), feedback needs a second turn to be shown in, and answer starts are the team env's."""
         turns = 1 if self.max_turns is None else self.max_turns
         if turns < 1:
             raise EvalError(f"--max-turns must be >= 1, got {turns}")
@@ -136,6 +139,11 @@ class EvalConfig:
             )
         if self.feedback is not None and turns < 2:
             raise EvalError("--feedback is shown from the second turn on: it needs --max-turns >= 2")
+        if self.answer_start and self.baseline != "parallel":
+            raise EvalError(
+                f"--answer-start is for --baseline parallel (each agent continues its own function's header); "
+                f"{self.baseline!r} prompts its roles itself (baselines/untrained.py)"
+            )
 
     def _validate_heldout(self) -> None:
         assert self.policy is not None
@@ -197,6 +205,8 @@ def _baseline_plan(cfg: EvalConfig) -> Plan:
     sampling = SamplingConfig(budget, pick("temperature"), pick("top_k"), pick("top_p"))
     assert cfg.env is not None and cfg.baseline is not None  # validate()
     given = {"dataset": cfg.dataset, "max_turns": cfg.max_turns, "feedback": cfg.feedback}
+    for switch in SWITCH_ENV_FIELDS:  # off is the env's default
+        given[switch] = True if getattr(cfg, switch) else None
     return Plan(
         env=cfg.env,
         env_kwargs={name: value for name, value in given.items() if value is not None},
@@ -284,6 +294,8 @@ def _policy_plan(cfg: EvalConfig) -> Plan:
     _check_flag("--chat-template", cfg.chat_template, bool(run.field("chat_template")), run)
     _check_flag("--max-turns", cfg.max_turns, int(run.field("max_turns")), run)
     _check_flag("--feedback", cfg.feedback, run.field("feedback"), run)
+    for switch in SWITCH_ENV_FIELDS:
+        _check_flag(f"--{switch.replace('_', '-')}", getattr(cfg, switch), bool(run.field(switch)), run)
     tasks = cfg.tasks or 0
     if cfg.heldout:
         tasks = int(run.field("eval_tasks"))

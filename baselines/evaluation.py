@@ -370,7 +370,7 @@ def _play_batches(
 def _bar_steps_per_batch(plan: Plan, env: CoopParallelEnv) -> int:
     """Progress updates per batch: a team's turns (at most the env's; a trained run or an untrained team in a
     multi-turn env), a protocol's generate calls."""
-    if plan.run is not None or env.max_turns > 1:
+    if plan.run is not None or _plays_as_team(env):
         return env.max_turns
     return generate_calls(plan.protocol, len(env.possible_agents))
 
@@ -415,6 +415,10 @@ def method_record(cfg: EvalConfig, plan: Plan) -> dict[str, Any]:
         if turns > 1:
             feedback = plan.env_kwargs.get("feedback", "level")
             description += f" The team revises over {turns} turns with the env's {feedback!r} feedback."
+        if plan.env_kwargs.get("share_aux_hint"):
+            description += " Every prompt shows the task's agreed helper (the env's share_aux_hint)."
+        if plan.env_kwargs.get("answer_start"):
+            description += " Each agent continues its function's header (the env's answer_start)."
         return {"name": name, "family": "untrained", "description": description, "config": {"protocol": cfg.baseline}}
     from baselines.algorithm import algorithm_card, resolve_algorithm
 
@@ -526,8 +530,14 @@ def _env_and_split(plan: Plan) -> tuple[CoopParallelEnv, list[Task]]:
         raise EvalError(f"--split {plan.split!r}: {error}") from None
 
 
+def _plays_as_team(env: CoopParallelEnv) -> bool:
+    """Whether an untrained ``parallel`` team is played like a trained run (:func:`_run_untrained_team`): in a
+    multi-turn env, or one that gives answer starts (both reach a policy only through the env's prompts)."""
+    return env.max_turns > 1 or bool(getattr(env, "answer_start", False))
+
+
 def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
-    if env.max_turns > 1:
+    if _plays_as_team(env):
         return _run_untrained_team(cfg, plan, env, tasks, bar)
     source = load_source(cfg, plan, list(env.possible_agents))
     result = RunsResult(models=source.models)
@@ -537,8 +547,8 @@ def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list
 
 
 def _run_untrained_team(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
-    """The untrained model as a team in a multi-turn env (``--baseline parallel --max-turns N``), played like a
-    trained run (:func:`baselines.heldout.play_heldout`: each turn's prompts are the env's observations, its
+    """The untrained model as a team in a multi-turn env (``--baseline parallel --max-turns N``) or one with
+    answer starts (``--answer-start``), played like a trained run (:func:`baselines.heldout.play_heldout`: each turn's prompts are the env's observations, its
     feedback included). Each agent gets a LoRA adapter that is never trained; PEFT starts B at 0, so every
     agent samples from the base model exactly, through the same decoding path as a trained LoRA team."""
     agents = list(env.possible_agents)
@@ -669,6 +679,16 @@ def _parser() -> argparse.ArgumentParser:
         "--feedback",
         help=run % "the env's default, level; also plain, hf:<model>, openai:<url>; needs --max-turns >= 2",
     )
+    p.add_argument(
+        "--share-aux-hint",
+        action=argparse.BooleanOptionalAction,
+        help=run % "off; on: every prompt shows the task's agreed helper (coding env, bundled data)",
+    )
+    p.add_argument(
+        "--answer-start",
+        action=argparse.BooleanOptionalAction,
+        help=run % "off; on only with parallel: each agent continues its function's header (coding env)",
+    )
     p.add_argument("--tasks", type=int, help="only the first N tasks of the split (default: all; no entry)")
     p.add_argument("--batch-tasks", type=int, default=0, help="tasks per generate batch (0 = all)")
     p.add_argument("--pass-k", type=int, nargs="+", default=[1], help="k values of pass@k (k <= samples)")
@@ -693,7 +713,8 @@ def config_from_args(argv: Sequence[str], prog: str = "llm-coop eval") -> EvalCo
         allow_train_on_eval_split=a.allow_train_on_eval_split,
         seeds=None if a.seeds is None else tuple(a.seeds), samples=a.samples, max_new_tokens=a.max_new_tokens,
         temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, chat_template=a.chat_template,
-        max_turns=a.max_turns, feedback=a.feedback, tasks=a.tasks, batch_tasks=a.batch_tasks,
+        max_turns=a.max_turns, feedback=a.feedback, share_aux_hint=a.share_aux_hint,
+        answer_start=a.answer_start, tasks=a.tasks, batch_tasks=a.batch_tasks,
         pass_k=tuple(a.pass_k), heldout=a.heldout, entry_id=a.entry_id, method_name=a.method_name, root=a.root,
         overwrite=a.overwrite, device=a.device, threads=a.threads, progress=not a.no_progress,
         command=f"{prog} " + shlex.join(list(argv)),

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from baselines.config import ENV_FIELDS, FEEDBACK_FIELDS, env_kwargs_of
+from baselines.config import ENV_FIELDS, FEEDBACK_FIELDS, SWITCH_ENV_FIELDS, env_kwargs_of
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import Policies, SamplingConfig
 from baselines.rollout import env_prompt
@@ -202,7 +202,7 @@ def heldout_row(runs: Sequence[HeldoutRun]) -> dict[str, Any]:
 
 
 # ----- a run directory of `llm-coop train` -------------------------------------------------------------------
-RUN_ENV_FIELDS = (*ENV_FIELDS, *FEEDBACK_FIELDS)
+RUN_ENV_FIELDS = (*ENV_FIELDS, *FEEDBACK_FIELDS, *SWITCH_ENV_FIELDS)
 """The config.json fields training passes to the env as keyword arguments (:func:`env_kwargs_of`)."""
 RUN_DECODING_FIELDS = ("max_new_tokens", "temperature", "top_k", "top_p")
 """The config.json fields of the sampling settings (:class:`SamplingConfig`)."""
@@ -220,6 +220,8 @@ RUN_FIELD_DEFAULTS: dict[str, Any] = {
     "vllm_gpu_memory_utilization": 0.3,
     "tis_cap": None,
     "reward_workers": "local",
+    "share_aux_hint": False,
+    "answer_start": False,
 }
 """config.json fields added after runs were first recorded, with the value every run without them used."""
 

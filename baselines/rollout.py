@@ -63,12 +63,14 @@ class RolloutSettings:
 def env_prompt(env, obs: dict[str, dict], agent: str) -> ChatPrompt:
     """``agent``'s prompt at ``env``'s current state in both forms: the observation's text and the env's chat
     messages (``env.chat_messages``, which every llm_coop_envs env has; another env's prompt becomes one
-    user message). The policy picks the form its tokenizer needs."""
+    user message), with the env's answer start (``env.answer_start_of``). The policy picks the form its
+    tokenizer needs."""
     text = obs[agent]["prompt"]
     chat = getattr(env, "chat_messages", None)
     if not callable(chat):
         return ChatPrompt(text, ({"role": "user", "content": text},))
-    return ChatPrompt(text, tuple(chat(agent)))
+    start = getattr(env, "answer_start_of", None)
+    return ChatPrompt(text, tuple(chat(agent)), start(agent) if callable(start) else "")
 
 
 def rollout_tree(

@@ -15,7 +15,10 @@
 # TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/; the
 # eval phase then also plays the untrained parallel team at those turns, TEAM_BASELINE=0 skips it),
 # TASKS_PER_STEP (1; B > 1 = one accumulated update over B tasks per step), EVAL_EVERY (0 = before and after only),
-# NPROC (1; N > 1 trains each run with `torchrun --nproc-per-node N`, one run at a time, B a multiple of N).
+# NPROC (1; N > 1 trains each run with `torchrun --nproc-per-node N`, one run at a time, B a multiple of N),
+# ENV_FLAGS (coding env switches for every run and untrained protocol, e.g. "--answer-start --share-aux-hint";
+# they are the coding env's and --answer-start is the parallel team's, so set BASELINES=parallel
+# BASELINE_ENVS=coop_coding-v0, and give the runs their own RUNS).
 # The larger budget in the leaderboard: NPROC=2 TASKS_PER_STEP=2 STEPS=16 EVAL_EVERY=8 RUNS=runs/real32.
 # Training evaluates on the first 4 test tasks before and after (a cheap curve); the leaderboard entries
 # evaluate every test task with the training seed as sampling seed, the same decoding for every method.
@@ -36,6 +39,7 @@ BASELINE_SEEDS=${BASELINE_SEEDS:-"0 1 2 3 4"}
 TASKS_PER_STEP=${TASKS_PER_STEP:-1}
 EVAL_EVERY=${EVAL_EVERY:-0}
 NPROC=${NPROC:-1}
+ENV_FLAGS=${ENV_FLAGS:-}
 HUMANEVAL=${HUMANEVAL-"parallel single"}
 TEAM_BASELINE=${TEAM_BASELINE:-1}  # with TURNS > 1: 1 = also evaluate the untrained parallel team at those turns
 PHASES=${PHASES:-"train eval build"}  # add "humaneval" for HumanEval pass@k (parallel 110 min, single 88 min here)
@@ -67,11 +71,11 @@ train_one() {  # skips finished runs, resumes killed ones; records wall time in 
   [ "$NPROC" -gt 1 ] && launch=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC")
   "${launch[@]}" -m baselines.cli train --algo "$algo" --model "$MODEL" --env "$env" --steps "$STEPS" \
     --seed "$seed" --tasks-per-step "$TASKS_PER_STEP" --eval-every "$EVAL_EVERY" --eval-tasks 4 --eval-seeds 1 \
-    --save-every 2 --output-dir "$out" --no-progress "${mode[@]}" "${extra[@]}" >>"$out.log" 2>&1
+    --save-every 2 --output-dir "$out" --no-progress "${mode[@]}" "${extra[@]}" $ENV_FLAGS >>"$out.log" 2>&1
   echo $((SECONDS - t0)) >"$out.seconds"
 }
 export -f train_one
-export PY MODEL STEPS TURNS TASKS_PER_STEP EVAL_EVERY NPROC
+export PY MODEL STEPS TURNS TASKS_PER_STEP EVAL_EVERY NPROC ENV_FLAGS
 [ "$NPROC" -gt 1 ] && JOBS=1  # a torchrun job already takes one core per process
 
 if [[ " $PHASES " == *" list "* ]]; then train_jobs; fi
@@ -83,13 +87,14 @@ fi
 if [[ " $PHASES " == *" eval "* ]]; then
   for env in $BASELINE_ENVS; do
     for base in $BASELINES; do
-      $PY -m baselines.evaluation --env "$env" --baseline "$base" --model "$MODEL" --seeds $BASELINE_SEEDS --no-progress --overwrite
+      $PY -m baselines.evaluation --env "$env" --baseline "$base" --model "$MODEL" --seeds $BASELINE_SEEDS \
+        --no-progress --overwrite $ENV_FLAGS
     done
   done
   if [ "$TURNS" != 1 ] && [ "$TEAM_BASELINE" = 1 ]; then  # the untrained team on the multi-turn board
     for env in $ENVS; do
       $PY -m baselines.evaluation --env "$env" --baseline parallel --max-turns "$TURNS" --model "$MODEL" \
-        --seeds $BASELINE_SEEDS --no-progress --overwrite
+        --seeds $BASELINE_SEEDS --no-progress --overwrite $ENV_FLAGS
     done
   fi
   for env in $ENVS; do

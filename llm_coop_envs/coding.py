@@ -115,6 +115,9 @@ argument             default     meaning
                                  ``feedback_max_tokens`` (160: new tokens a feedback model may write)
 ``visible_tests``    1           how many leading tests feedback may show
 ``share_aux_hint``   False       add the task's ``aux_hint`` field (bundled data) to both prompts
+``answer_start``     False       ask each agent to begin its answer with its function's header:
+                                 ``infos[agent]["answer_start"]`` is ``def aux(`` (helper) and
+                                 ``def <entry point>(`` (main); policies of ``baselines`` continue it
 ``test_timeout_s``   10.0        wall-clock limit of each test
 ``max_timeouts``     3           timeouts after which the remaining tests are not run
 ``reward_mode``      "joint"     "joint" or "independent"
@@ -257,6 +260,7 @@ class CodingEnv(CoopParallelEnv):
         feedback_max_tokens: int = DEFAULT_MAX_TOKENS,
         visible_tests: int = 1,
         share_aux_hint: bool = False,
+        answer_start: bool = False,
         test_timeout_s: float = 10.0,
         max_timeouts: int = 3,
         **kwargs: Any,
@@ -264,6 +268,8 @@ class CodingEnv(CoopParallelEnv):
         model_feedback = _model_feedback(feedback, feedback_model, feedback_timeout_s, feedback_max_tokens)
         if not isinstance(visible_tests, int) or isinstance(visible_tests, bool) or visible_tests < 0:
             raise ValueError(f"visible_tests must be an int >= 0, got {visible_tests!r}")
+        if not isinstance(answer_start, bool):
+            raise TypeError(f"answer_start must be a bool, got {answer_start!r}")
         if not test_timeout_s > 0 or not (isinstance(max_timeouts, int) and max_timeouts >= 1):
             raise ValueError(
                 f"test_timeout_s must be > 0 and max_timeouts an int >= 1, got {test_timeout_s}, {max_timeouts}"
@@ -278,6 +284,7 @@ class CodingEnv(CoopParallelEnv):
         self.model_feedback: FeedbackModel | None = model_feedback  # one per env, shared by clones (copy.copy)
         self.visible_tests = visible_tests
         self.share_aux_hint = share_aux_hint
+        self.answer_start = bool(answer_start)
         self.test_timeout_s = float(test_timeout_s)
         self.max_timeouts = max_timeouts
 
@@ -299,6 +306,14 @@ class CodingEnv(CoopParallelEnv):
             lines.append(f"The team agreed on this helper: {hint}")
         lines.append(self._cue(task, agent))
         return "\n\n".join(lines)
+
+    def answer_start_of(self, agent: str) -> str:
+        """With ``answer_start``: the header of the agent's function, up to its open parenthesis."""
+        self._known_agent(agent)
+        task = self._state.task
+        if not self.answer_start or task is None:
+            return ""
+        return "def aux(" if agent == "helper" else f"def {task.fields['entry_point']}("
 
     def _cue(self, task: Task, agent: str) -> str:
         return "Your function `aux`:" if agent == "helper" else f"Your function `{task.fields['entry_point']}`:"

@@ -12,6 +12,8 @@ Contract (see ``docs/architecture.md``, Contracts):
 * Observation of each agent: ``{"prompt": str}``, the raw prompt text (no chat template). The same
   prompt in chat form is ``infos[agent]["messages"]`` (a list of ``{"role", "content"}`` dicts with a
   ``system`` message holding the role instructions), for policies that apply a chat template.
+  ``infos[agent]["answer_start"]`` is the text the agent's answer should begin with ("" unless the env is
+  asked for one, e.g. the coding env's ``answer_start=True``), for policies that continue it.
 * Action: one string, at most ``max_action_chars`` characters.
 * ``reward_mode="joint"`` (default): every agent receives the joint reward. ``"independent"``: each
   agent receives its own individual reward (defined per task family). After every step
@@ -349,6 +351,14 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
         self._known_agent(agent)
         return [dict(message) for message in self._state.messages.get(agent, ())]
 
+    def answer_start_of(self, agent: str) -> str:
+        """The text ``agent``'s answer should begin with ("" = none; ``infos[agent]["answer_start"]``). A
+        policy that writes its answer as a continuation puts it at the start of the reply (after the chat
+        template's opening of the assistant's turn) and submits it + the continuation as the action. The env
+        scores the action as given, whether or not it begins so."""
+        self._known_agent(agent)
+        return ""
+
     def clone(self) -> CoopParallelEnv:
         """An exact, independent copy of this env at its current state (RNG included)."""
         twin = copy.copy(self)
@@ -448,6 +458,7 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
             "split": task.split,
             "turn": self._state.turn,
             "messages": list(self._state.messages[agent]),
+            "answer_start": self.answer_start_of(agent),
         }
 
 

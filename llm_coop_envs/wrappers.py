@@ -34,6 +34,8 @@ class SingleAgentEnv:
     def __init__(self, inner: CoopParallelEnv) -> None:
         if inner.max_turns != 1:
             raise ValueError("SingleAgentEnv is single-turn only (max_turns=1)")
+        if getattr(inner, "answer_start", False):
+            raise ValueError("SingleAgentEnv takes no answer_start: the team's answer starts are per agent")
         self.inner = inner
         self.agents: list[str] = []
         self.last_actions: dict[str, str] = {}

@@ -8,17 +8,29 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ChatPrompt", "Completions", "Prompt", "PromptState", "SamplingConfig", "positions", "used_width"]
+__all__ = [
+    "ChatPrompt",
+    "Completions",
+    "Prompt",
+    "PromptState",
+    "SamplingConfig",
+    "answer_start",
+    "positions",
+    "used_width",
+]
 
 
 @dataclass(frozen=True)
 class ChatPrompt:
     """A prompt in both of the env's forms: its text (the observation) and the same as chat messages
     (system = the agent's role, user = the task, then earlier replies and feedback). A policy with a chat
-    template reads ``messages``; one without reads ``text``."""
+    template reads ``messages``; one without reads ``text``. ``answer_start`` (the env's
+    ``infos[agent]["answer_start"]``) is written as the start of the reply: the model continues it, and the
+    answer is ``answer_start`` + the continuation (its tokens are prompt tokens, so they get no gradient)."""
 
     text: str
     messages: tuple[Mapping[str, str], ...]
+    answer_start: str = ""
 
     @classmethod
     def from_text(cls, text: str, system: str | None = None) -> ChatPrompt:
@@ -32,6 +44,11 @@ class ChatPrompt:
 
 Prompt = str | ChatPrompt
 """What a policy is prompted with: plain text (one user message under a chat template) or a ChatPrompt."""
+
+
+def answer_start(prompt: Prompt) -> str:
+    """The text ``prompt``'s answer begins with ("" for plain text)."""
+    return prompt.answer_start if isinstance(prompt, ChatPrompt) else ""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Literal
 
 import torch
 
-from baselines.lm.completions import ChatPrompt, Completions, Prompt, PromptState, SamplingConfig
+from baselines.lm.completions import ChatPrompt, Completions, Prompt, PromptState, SamplingConfig, answer_start
 from baselines.lm.fastdecode import StackedDecoder
 from baselines.lm.loading import end_of_turn_ids, eos_ids_of, load_tokenizer, lora_targets_for, resolve_model
 from baselines.lm.sampling import sample
@@ -175,11 +175,13 @@ class Policies:
         """The text the agent's tokenizer encodes: the env's prompt text, or its chat messages through the
         chat template, ending with the template's opening of the assistant's turn."""
         member = self.members[agent]
+        start = answer_start(prompt)
         if not member.chat:
-            return prompt.text if isinstance(prompt, ChatPrompt) else prompt
+            text = prompt.text if isinstance(prompt, ChatPrompt) else prompt
+            return f"{text}\n{start}" if start else text
         chat = prompt if isinstance(prompt, ChatPrompt) else ChatPrompt.from_text(prompt)
         messages = [dict(m) for m in chat.messages]
-        return member.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return member.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + start
 
     def _encode(self, agent: str, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         member = self.members[agent]
@@ -242,18 +244,23 @@ class Policies:
         result = {}
         for agent, (ids, attn), (seqs, logps, prefill), version in zip(agents, encoded, sampled, versions, strict=True):
             mask = completion_mask(seqs[:, ids.shape[1] :], self.members[agent].eos_ids)  # (R*G, T)
-            texts = self._decode(agent, seqs[:, ids.shape[1] :], mask)
+            texts = self.answers(agent, prompts[agent], repeats, seqs[:, ids.shape[1] :], mask)
             attn = attn.repeat_interleave(repeats, dim=0)
             state = PromptState(prefill[0], prefill[1], version) if prefill is not None else None
             result[agent] = Completions(seqs, attn, mask, texts, logps, len(prompts[agent]) == 1, state)
         return result
 
-    def _decode(self, agent: str, completion: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    def answers(
+        self, agent: str, prompts: Sequence[Prompt], repeats: int, completion: torch.Tensor, mask: torch.Tensor
+    ) -> list[str]:
+        """The agent's answers (rows prompt-major, ``repeats`` per prompt): each prompt's answer start + the
+        decoded completion through its end token (special tokens dropped, surrounding space stripped)."""
         tok = self.members[agent].tokenizer
-        return [
-            tok.decode(row[m].tolist(), skip_special_tokens=True).strip()
-            for row, m in zip(completion, mask, strict=False)
-        ]
+        starts = [answer_start(p) for p in prompts for _ in range(repeats)]
+        if len(starts) != len(completion):
+            raise ValueError(f"{len(completion)} completions for {len(prompts)} prompts x {repeats}")
+        texts = [tok.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(completion, mask, strict=True)]
+        return [start + text.rstrip() if start else text.strip() for start, text in zip(starts, texts, strict=True)]
 
     # ------------------------------------------------------------------ scoring
     def representation(self, agent: str, c: Completions, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -712,7 +712,7 @@ class VLLMSampler:
         out = {}
         for agent, (ids, mask) in encoded.items():
             member = self.policies.members[agent]
-            decode = functools.partial(self.policies._decode, agent)
+            decode = functools.partial(self.policies.answers, agent, prompts[agent], repeats)
             pad = member.tokenizer.pad_token_id
             out[agent] = completions_from_samples(ids, mask, answers[agent], pad, member.eos_ids, decode)
         return out

@@ -277,6 +277,59 @@ def test_multi_turn_baseline_flags_are_checked(trained_run):
     plan_evaluation(_quick(policy=str(trained_run), max_turns=1, feedback="level"))  # repeating the run's values
 
 
+def test_answer_starts_reach_the_untrained_team_and_a_trained_run(trained_run, tmp_path):
+    with pytest.raises(EvalError, match="--answer-start is for --baseline parallel"):
+        _baseline(env="coop_coding-v0", baseline="sequential", answer_start=True).validate()
+    assert config_from_args(["--env", "coop_coding-v0", "--baseline", "parallel", "--answer-start"]).answer_start
+    cfg = _baseline(env="coop_coding-v0", baseline="parallel", answer_start=True, seeds=(0,), root=tmp_path)
+    entry = load_entry(evaluate(cfg).entry_path, tmp_path)
+    assert entry["env"]["spec_hash"] == make("coop_coding-v0", answer_start=True).spec.spec_hash()  # its own board
+    assert "header" in entry["method"]["description"]
+    records = read_transcript(tmp_path / entry["transcript"]["path"]).records
+    env = make("coop_coding-v0")
+    assert len(records) == 16
+    for record in records:
+        env.reset(options={"task_id": record.task_id})
+        entry_point = env.current_task.fields["entry_point"]
+        actions = record.turns[0].actions
+        assert actions["helper"].startswith("def aux(") and actions["main"].startswith(f"def {entry_point}(")
+    run = _train(tmp_path / "run", env="coop_coding-v0", answer_start=True, eval_tasks=1, eval_seeds=1)
+    assert read_run(run).env_kwargs["answer_start"] is True
+    played = evaluate(_quick(policy=str(run), tasks=1, root=tmp_path))
+    turn = read_transcript(played.transcript_path).records[0].turns[0]
+    assert turn.actions["helper"].startswith("def aux(") and turn.actions["main"].startswith("def ")
+    with pytest.raises(EvalError, match=r"--answer-start False contradicts the run: .* records True"):
+        plan_evaluation(_quick(policy=str(run), answer_start=False))
+    with pytest.raises(EvalError, match=r"--answer-start True contradicts the run: .* records False"):
+        plan_evaluation(_quick(policy=str(trained_run), answer_start=True))
+    with pytest.raises(EvalError, match=r"--share-aux-hint True contradicts the run: .* records False"):
+        plan_evaluation(_quick(policy=str(run), share_aux_hint=True))
+
+
+def test_the_shared_helper_hint_is_an_env_switch_of_every_protocol(tmp_path, monkeypatch):
+    from baselines.lm.policies import Policies
+
+    texts: list[str] = []
+    original = Policies.generate
+    monkeypatch.setattr(
+        Policies,
+        "generate",
+        lambda self, prompts, *a, **k: (
+            texts.extend(p.text for ps in prompts.values() for p in ps) or original(self, prompts, *a, **k)
+        ),
+    )
+    cfg = config_from_args(["--env", "coop_coding-v0", "--baseline", "sequential", "--share-aux-hint"])
+    assert cfg.share_aux_hint and plan_evaluation(cfg).env_kwargs == {"share_aux_hint": True}
+    cfg = _baseline(
+        env="coop_coding-v0", baseline="sequential", share_aux_hint=True, seeds=(0,), tasks=1, root=tmp_path
+    )
+    record = read_transcript(evaluate(cfg).transcript_path).records[0]
+    env = make("coop_coding-v0", share_aux_hint=True)
+    env.reset(options={"task_id": record.task_id})
+    hint = f"The team agreed on this helper: {env.current_task.fields['aux_hint']}"
+    assert len(texts) == 2 and all(hint in text for text in texts)  # the helper's prompt, then main's
+
+
 # ----- trained runs: evaluation reproduces training ------------------------------------------------------------------
 def test_heldout_mode_reproduces_the_runs_final_evaluation(trained_run, tmp_path):
     result = evaluate(_quick(policy=str(trained_run), heldout=True, root=tmp_path))

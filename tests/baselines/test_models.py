@@ -175,6 +175,30 @@ def test_a_chat_prompt_is_the_envs_messages_through_the_template(chat_dir):
         assert expected.startswith("<|turn|>system\n" + env.role_instructions(agent))
 
 
+def test_an_answer_start_opens_the_reply_and_its_tokens_are_prompt_not_sample(chat_dir):
+    env = make("coop_coding-v0", answer_start=True)
+    obs, _ = env.reset(seed=0, options={"task_id": "coop_code/005"})
+    prompt = env_prompt(env, obs, "helper")
+    assert prompt.answer_start == "def aux(" and env_prompt(env, obs, "main").answer_start == "def longest_run_char("
+    chat = Policies(["helper"], str(chat_dir), "full", chat_template=True)
+    assert chat._format("helper", prompt).endswith("<|turn|>assistant\ndef aux(")
+    torch.manual_seed(0)
+    out = chat.generate({"helper": [prompt]}, SamplingConfig(6), repeats=3)["helper"]
+    tok = chat.members["helper"].tokenizer
+    assert tok.decode(out.sequences[0, : out.prompt_width]).endswith("assistant\ndef aux(")  # in the prompt
+    completion = out.sequences[:, out.prompt_width :]
+    for text, row, mask in zip(out.texts, completion, out.mask, strict=True):
+        sampled = tok.decode(row[mask].tolist(), skip_special_tokens=True)
+        assert text == "def aux(" + sampled.rstrip() and 1 <= int(mask.sum()) <= 6  # the mask: sampled tokens only
+    plain = Policies(["helper"], str(chat_dir), "full", chat_template=False)
+    assert plain._format("helper", prompt) == obs["helper"]["prompt"] + "\ndef aux("
+    assert plain._format("helper", obs["helper"]["prompt"]) == obs["helper"]["prompt"]  # plain text: no start
+    assert env_kwargs_of(RunConfig(env="coop_coding-v0", answer_start=True).to_json())["answer_start"] is True
+    assert "answer_start" not in env_kwargs_of(RunConfig(env="coop_coding-v0").to_json())
+    with pytest.raises(ValueError, match="answer_start=True: is for the team env"):
+        RunConfig(env="single:coop_coding-v0", answer_start=True).validate()
+
+
 def test_multi_turn_prompts_carry_the_previous_reply_as_an_assistant_message(chat_dir):
     env = make("coop_coding-v0", max_turns=2)
     obs, _ = env.reset(seed=0, options={"task_id": env.task_ids("train")[0]})

@@ -266,7 +266,7 @@ def test_server_mode_sends_each_prompt_with_its_agents_adapter_and_builds_comple
             assert helper.sample_logprobs is not None
             assert helper.sample_logprobs[row, : len(s.logprobs)].tolist() == pytest.approx(list(s.logprobs))
         completion = helper.sequences[:, ids.shape[1] :]
-        assert helper.texts == p._decode("helper", completion, helper.mask)
+        assert helper.texts == p.answers("helper", PROMPTS["helper"], 3, completion, helper.mask)
         seeds = [b["seed"] for b in sent]
         torch.manual_seed(3)
         sampler.generate(PROMPTS, SAMPLING, repeats=3)

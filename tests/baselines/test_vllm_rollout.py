@@ -86,7 +86,7 @@ def test_completions_are_well_formed_and_the_trainer_scores_them_as_the_engine_d
         for row, m in zip(completion, c.mask, strict=True):
             n = int(m.sum())
             assert n == SAMPLING.max_new_tokens or int(row[n - 1]) in eos  # the stop token is in the completion
-        assert c.texts == p._decode(agent, completion, c.mask) and any(c.texts)
+        assert c.texts == p.answers(agent, prompts[agent], 2, completion, c.mask) and any(c.texts)
         assert c.sample_logprobs is not None and c.engine_logprobs is not None
         assert torch.equal(c.sample_logprobs, c.engine_logprobs)
         assert bool((c.engine_logprobs[~c.mask] == 0).all()) and bool((c.engine_logprobs[c.mask] <= 0).all())

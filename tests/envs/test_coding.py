@@ -12,6 +12,7 @@ import pytest
 from llm_coop_envs import make
 from llm_coop_envs.coding import CodingEnv
 from llm_coop_envs.datasets import DatasetError
+from llm_coop_envs.wrappers import make_env
 
 # A tiny problem with 4 asserts, so passed fractions are quarters.
 PROBLEM = {
@@ -267,6 +268,24 @@ def test_share_aux_hint_and_prompts() -> None:
         and "no markdown fences" in helper_prompt
         and "may call `aux(...)`" in main_prompt
     )
+
+
+def test_answer_start_is_each_functions_header_and_the_action_is_scored_as_given() -> None:
+    plain = make("coop_coding-v0")
+    _, infos = plain.reset(options={"task_id": "coop_code/005"})
+    assert infos["helper"]["answer_start"] == infos["main"]["answer_start"] == ""
+    env = make("coop_coding-v0", answer_start=True, max_turns=2)
+    observations, infos = env.reset(options={"task_id": "coop_code/005"})
+    starts = {"helper": "def aux(", "main": "def longest_run_char("}
+    assert {a: infos[a]["answer_start"] for a in starts} == starts == {a: env.answer_start_of(a) for a in starts}
+    assert observations == plain.reset(options={"task_id": "coop_code/005"})[0]  # the prompts are unchanged
+    _, rewards, _, _, infos = env.step({"helper": "x = 1", "main": "def longest_run_char(s):\n    return 0"})
+    assert infos["main"]["breakdown"]["aux_found"] is False and rewards["main"] == pytest.approx(1.1)  # nothing added
+    assert {a: infos[a]["answer_start"] for a in starts} == starts  # turn 2 starts the same way
+    with pytest.raises(TypeError, match="answer_start must be a bool"):
+        make("coop_coding-v0", answer_start="yes")
+    with pytest.raises(ValueError, match="takes no answer_start"):
+        make_env("single:coop_coding-v0", answer_start=True)
 
 
 def test_clone_branches_are_independent(problem_file) -> None:
