@@ -1,17 +1,26 @@
-"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``compare A B``, ``turns ENTRY``, ``example``."""
+"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``compare A B``, ``turns ENTRY``,
+``rates ENTRY``, ``example``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from llm_coop_leaderboard.build import BuildError, check, write
-from llm_coop_leaderboard.compare import CompareError, compare_entries, compare_turns, format_comparison
+from llm_coop_leaderboard.compare import (
+    CompareError,
+    compare_entries,
+    compare_turns,
+    flag_rates,
+    format_comparison,
+    format_rates,
+)
 from llm_coop_leaderboard.entries import write_entry
 from llm_coop_leaderboard.schema import EntryError, leaderboard_root, load_entry
 from llm_coop_leaderboard.scoring import RescoreError, rescore
-from llm_coop_leaderboard.transcripts import TranscriptError, read_transcript
+from llm_coop_leaderboard.transcripts import Transcript, TranscriptError, read_transcript
 
 __all__ = ["main"]
 
@@ -33,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     turns.add_argument("entry", type=Path, help="entry file with a transcript")
     turns.add_argument("--metric", default=None, help="breakdown key (default: the entry's primary metric)")
     turns.add_argument("--scale", type=float, default=1.0, help="multiply values (4 = coop_coding-v0 joint return)")
+    rates = commands.add_parser("rates", help="how often each yes/no breakdown flag holds in an entry's episodes")
+    rates.add_argument("entry", type=Path, help="entry file with a transcript")
+    rates.add_argument("--turn", choices=("first", "final"), default="final", help="each episode's turn to read")
     example = commands.add_parser("example", help="write the scripted example entry for a writing env")
     example.add_argument("--env", required=True)
     example.add_argument("--split", default="test")
@@ -91,16 +103,16 @@ def _compare(root: Path, a: Path, b: Path, metric: str | None, scale: float) -> 
     return 0
 
 
-def _turns(root: Path, path: Path, metric: str | None, scale: float) -> int:
+def _from_transcript(command: str, root: Path, path: Path, read: Callable[[dict, Transcript], str]) -> int:
+    """Print ``read(entry, transcript)`` of the entry at ``path``; errors go to stderr as ``command: ...``."""
     try:
         entry = load_entry(path.resolve(), root)
         if entry.get("transcript") is None:
-            raise EntryError(f"{path}: has no transcript to read the turns from")
-        result = compare_turns(entry, read_transcript(root / entry["transcript"]["path"]), metric, scale)
+            raise EntryError(f"{path}: has no transcript to read")
+        print(read(entry, read_transcript(root / entry["transcript"]["path"])))
     except (EntryError, CompareError, TranscriptError, OSError) as error:
-        print(f"turns: {error}", file=sys.stderr)
+        print(f"{command}: {error}", file=sys.stderr)
         return 1
-    print(format_comparison(result))
     return 0
 
 
@@ -119,7 +131,11 @@ def main(argv: list[str]) -> int:
     if args.command == "compare":
         return _compare(root, args.a, args.b, args.metric, args.scale)
     if args.command == "turns":
-        return _turns(root, args.entry, args.metric, args.scale)
+        return _from_transcript(
+            "turns", root, args.entry, lambda e, t: format_comparison(compare_turns(e, t, args.metric, args.scale))
+        )
+    if args.command == "rates":
+        return _from_transcript("rates", root, args.entry, lambda e, t: format_rates(flag_rates(e, t, args.turn)))
     from llm_coop_leaderboard.example import write_example_entry
 
     print(write_example_entry(args.env, args.seeds, args.split, root))

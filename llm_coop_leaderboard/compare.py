@@ -31,7 +31,16 @@ from typing import Any
 from llm_coop_leaderboard.stats import Interval, stratified_bootstrap_ci
 from llm_coop_leaderboard.transcripts import Transcript
 
-__all__ = ["CompareError", "Comparison", "compare_entries", "compare_turns", "format_comparison"]
+__all__ = [
+    "CompareError",
+    "Comparison",
+    "FlagRates",
+    "compare_entries",
+    "compare_turns",
+    "flag_rates",
+    "format_comparison",
+    "format_rates",
+]
 
 
 class CompareError(ValueError):
@@ -142,4 +151,53 @@ def format_comparison(result: Comparison) -> str:
         f"(95% stratified bootstrap); a ahead on {result.seeds_ahead} of {len(result.seeds)} seeds; "
         + ("a separates from b" if result.separates else "no separation (interval reaches 0 or a seed behind)"),
     ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FlagRates:
+    """How many episodes of each seed had each yes/no breakdown flag set, at one turn of each episode."""
+
+    entry: str
+    turn: str  # "first" or "final"
+    seeds: tuple[int, ...]
+    counts: Mapping[str, Mapping[int, int]]  # flag -> seed -> episodes with the flag set
+    episodes: Mapping[int, int]  # seed -> episodes
+
+
+def flag_rates(entry: Mapping[str, Any], transcript: Transcript, turn: str = "final") -> FlagRates:
+    """The share of episodes in which each boolean key of the turn breakdowns is true (``turn``: each
+    episode's ``first`` or ``final`` turn), per seed: e.g. how often the coding helper defined ``aux``
+    (``aux_defined``) and main called it (``calls_aux``)."""
+    if turn not in ("first", "final"):
+        raise CompareError(f"turn must be 'first' or 'final', got {turn!r}")
+    if not transcript.records:
+        raise CompareError(f"{entry['entry_id']}: its transcript has no records")
+    counts: dict[str, dict[int, int]] = {}
+    episodes: dict[int, int] = {}
+    for record in transcript.records:
+        breakdown = (record.turns[0] if turn == "first" else record.turns[-1]).breakdown
+        episodes[record.seed] = episodes.get(record.seed, 0) + 1
+        for key, value in breakdown.items():
+            if isinstance(value, bool):
+                per_seed = counts.setdefault(key, {})
+                per_seed[record.seed] = per_seed.get(record.seed, 0) + int(value)
+    seeds = tuple(sorted(episodes))
+    full = {key: {s: per_seed.get(s, 0) for s in seeds} for key, per_seed in sorted(counts.items())}
+    return FlagRates(str(entry["entry_id"]), turn, seeds, full, episodes)
+
+
+def format_rates(rates: FlagRates) -> str:
+    """A markdown table: each flag's count of episodes per seed and over all seeds, with the share."""
+    total = sum(rates.episodes.values())
+    lines = [
+        f"{rates.entry}: {rates.turn} turn of {total} episodes",
+        "",
+        "| flag | " + " | ".join(f"seed {s}" for s in rates.seeds) + " | all |",
+        "|---|" + "---|" * (len(rates.seeds) + 1),
+    ]
+    for key, per_seed in rates.counts.items():
+        cells = [f"{per_seed[s]} / {rates.episodes[s]}" for s in rates.seeds]
+        hits = sum(per_seed.values())
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {hits} / {total} ({100 * hits / total:.0f} %) |")
     return "\n".join(lines)

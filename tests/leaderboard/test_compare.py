@@ -112,3 +112,24 @@ def test_turns_cli_on_a_single_turn_entry_finds_no_change(board: Path, capsys: p
     assert main(["--root", str(board), "turns", str(board / ENTRY)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("a = final turn of scripted-lead") and "mean a - b: +0.000 [+0.000, +0.000]" in out
+
+
+def test_rates_count_each_flag_per_seed_at_the_chosen_turn(board: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_coop_leaderboard.compare import flag_rates
+    from llm_coop_leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord
+
+    def episode(seed: int, *flags: bool) -> TranscriptRecord:
+        turns = tuple(TurnRecord({"a": "x"}, 0.0, {"a": 0.0}, {"calls_aux": f, "tests": 0.5}) for f in flags)
+        return TranscriptRecord(seed, f"t{len(flags)}", 0, turns)
+
+    records = (episode(0, False, True), episode(0, True), episode(1, True, False))
+    transcript = Transcript("env", "hash", "test", ("a",), records)
+    final = flag_rates({"entry_id": "team"}, transcript)
+    assert final.counts == {"calls_aux": {0: 2, 1: 0}} and final.episodes == {0: 2, 1: 1}  # numbers are no flags
+    assert flag_rates({"entry_id": "team"}, transcript, "first").counts == {"calls_aux": {0: 1, 1: 1}}
+    with pytest.raises(CompareError, match="turn must be"):
+        flag_rates({"entry_id": "team"}, transcript, "second")
+    assert main(["--root", str(board), "rates", str(board / ENTRY)]) == 0
+    assert capsys.readouterr().out.startswith("scripted-lead")
+    assert main(["--root", str(board), "rates", str(board / "entries" / "missing.json")]) == 1
+    assert capsys.readouterr().err.startswith("rates:")
