@@ -548,8 +548,8 @@ def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list
 
 def _run_untrained_team(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
     """The untrained model as a team in a multi-turn env (``--baseline parallel --max-turns N``) or one with
-    answer starts (``--answer-start``), played like a trained run (:func:`baselines.heldout.play_heldout`: each turn's prompts are the env's observations, its
-    feedback included). Each agent gets a LoRA adapter that is never trained; PEFT starts B at 0, so every
+    answer starts (``--answer-start``), played like a trained run (:func:`baselines.heldout.play_heldout`:
+    each turn's prompts are the env's observations, its feedback included). Each agent gets a LoRA adapter that is never trained; PEFT starts B at 0, so every
     agent samples from the base model exactly, through the same decoding path as a trained LoRA team."""
     agents = list(env.possible_agents)
     name = cfg.model or str(EMBEDDED_DIR)
