@@ -14,7 +14,9 @@ seeds (a hard task is hard for both). ``compare_entries(a, b)`` takes the score 
 
 ``a`` *separates* from ``b`` when the interval lies above 0 **and** ``a`` is ahead on every seed. The
 second condition matters: resampling seeds per task averages a whole run's luck out across tasks, so with
-a few training seeds the interval alone can clear 0 while one run is behind.
+a few training seeds the interval alone can clear 0 while one run is behind. With one shared seed there is
+nothing to resample: the interval has no width and says nothing about seed-to-seed spread, so nothing
+separates on one seed (the output says so).
 
 With a training-seed entry (one trained run per seed, sampled with its seed) against an untrained
 sampling-seed one, seed ``s`` pairs run ``s`` with the untrained team sampled under seed ``s``: the same
@@ -66,8 +68,17 @@ class Comparison:
 
     @property
     def separates(self) -> bool:
-        """The interval of the difference lies above 0 and ``a`` is ahead on every seed."""
-        return self.difference.low > 0.0 and self.seeds_ahead == len(self.seeds)
+        """At least two shared seeds, the interval of the difference above 0 and ``a`` ahead on every seed."""
+        return len(self.seeds) >= 2 and self.difference.low > 0.0 and self.seeds_ahead == len(self.seeds)
+
+    @property
+    def verdict(self) -> str:
+        """The separation in words, with the reason when there is none."""
+        if len(self.seeds) < 2:
+            return "one seed: the interval has no width (seeds are resampled), so no separation is claimed"
+        if self.separates:
+            return "a separates from b"
+        return "no separation (interval reaches 0 or a seed behind)"
 
 
 _SAME = ((("env", "id"), "envs"), (("env", "spec_hash"), "env specs"), (("dataset", "hash"), "datasets"))
@@ -148,8 +159,7 @@ def format_comparison(result: Comparison) -> str:
         *(f"| {s} | {va:.3f} | {vb:.3f} | {va - vb:+.3f} |" for s, va, vb in result.per_seed),
         "",
         f"mean a - b: {result.difference.point:+.3f} [{result.difference.low:+.3f}, {result.difference.high:+.3f}] "
-        f"(95% stratified bootstrap); a ahead on {result.seeds_ahead} of {len(result.seeds)} seeds; "
-        + ("a separates from b" if result.separates else "no separation (interval reaches 0 or a seed behind)"),
+        f"(95% stratified bootstrap); a ahead on {result.seeds_ahead} of {len(result.seeds)} seeds; {result.verdict}",
     ]
     return "\n".join(lines)
 

@@ -56,6 +56,16 @@ def test_only_shared_seeds_are_paired(entry: dict[str, Any]) -> None:
     assert result.seeds == (1,) and result.difference.point == pytest.approx(0.3)
 
 
+def test_one_shared_seed_never_separates(entry: dict[str, Any]) -> None:
+    """One seed leaves the seed bootstrap nothing to resample: a zero-width interval above 0 is no evidence."""
+    other = _shifted(entry, {"0": 0.1, "1": 0.3})
+    other["seeds"] = [1]
+    result = compare_entries(entry, other)
+    assert result.difference.low == pytest.approx(result.difference.high) and result.difference.low > 0
+    assert result.seeds_ahead == 1 and not result.separates
+    assert "one seed" in format_comparison(result) and "separates from" not in format_comparison(result)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
