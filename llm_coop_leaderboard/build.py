@@ -11,6 +11,7 @@ section, never ranked. Each group gets ``generated/<env>--<split>--<spec8>-<data
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -141,8 +142,21 @@ def _rows(entries: Sequence[Mapping[str, Any]], statuses: Mapping[str, tuple[str
         mean_ci = stratified_bootstrap_ci(matrix, "mean")
         rows.append(Row(entry, status, note, mean_ci, stratified_bootstrap_ci(matrix, "iqm"), cells))
     rows.sort(key=lambda row: (-row.mean.point, row.entry["entry_id"]))
-    bands = rank_bands([row.mean for row in rows])
+    bands = rank_bands([_ranking_interval(row) for row in rows])
     return [Row(r.entry, r.status, r.note, r.mean, r.iqm, r.cells, band) for r, band in zip(rows, bands, strict=True)]
+
+
+def _one_seed(entry: Mapping[str, Any]) -> bool:
+    """Whether the entry has a single seed: the seed-resampling bootstrap then has nothing to resample, and
+    its interval (zero width) says nothing about how far another seed would land."""
+    return len(entry["seeds"]) < 2
+
+
+def _ranking_interval(row: Row) -> Interval:
+    """The interval a row is ranked by: a one-seed row's is unbounded, so it is never ranked as if certain."""
+    if _one_seed(row.entry):
+        return Interval(point=row.mean.point, low=-math.inf, high=math.inf)
+    return row.mean
 
 
 def _seed_mean(entry: Mapping[str, Any], metric: str) -> float | None:
@@ -170,7 +184,9 @@ def _fmt(metric: str, value: float | None) -> str:
     return f"{100 * value:.1f}"
 
 
-def _ci(interval: Interval) -> str:
+def _ci(interval: Interval, one_seed: bool = False) -> str:
+    if one_seed:
+        return f"{100 * interval.point:.1f} (1 seed: no CI)"
     return f"{100 * interval.point:.1f} [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
 
 
@@ -249,7 +265,7 @@ def _ranked_table(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
             entry["method"]["family"],
             _models(entry),
         ]
-        cells += [_steps_cell(entry, differ), _ci(row.mean), _ci(row.iqm)]
+        cells += [_steps_cell(entry, differ), _ci(row.mean, _one_seed(entry)), _ci(row.iqm, _one_seed(entry))]
         cells += [_fmt(c, _seed_mean(entry, c)) for c in columns]
         cells += [f"{row.cells} ({seed_kind(entry)} seeds)", status]
         cells += [f"[{entry['entry_id']}](../entries/{entry['entry_id']}.json)"]

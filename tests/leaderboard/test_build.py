@@ -129,6 +129,23 @@ def test_steps_of_several_tasks_are_a_budget_of_their_own(board: Path) -> None:
     assert "(20 steps: One; 20 (2 tasks each) steps: Two)" in page
 
 
+def test_a_one_seed_row_shows_no_interval_and_is_not_ranked_as_certain(board: Path, tmp_path: Path) -> None:
+    """One seed: the seed bootstrap's interval has zero width, so the table prints none and the rank band of
+    that row spans the whole table (the two-seed scripted row keeps its interval)."""
+    other = tmp_path / "one-seed-board"
+    write_example_entry("coop_writing-v0", [0], "test", other)
+    entry = json.loads((other / "entries" / f"{WRITING_ENTRY}.json").read_text())
+    transcript = board / "transcripts" / "one-seed.jsonl.gz"
+    transcript.write_bytes((other / entry["transcript"]["path"]).read_bytes())
+    entry.update(entry_id="one-seed", transcript={**entry["transcript"], "path": "transcripts/one-seed.jsonl.gz"})
+    (board / "entries" / "one-seed.json").write_text(json.dumps(entry))
+    page = next(t.decode() for n, t in build_outputs(board).items() if n.endswith(".md") and "writing" in n)
+    once = next(line for line in page.splitlines() if "[one-seed]" in line)
+    scripted = next(line for line in page.splitlines() if f"[{WRITING_ENTRY}]" in line)
+    assert once.startswith("| 1–2 |") and "(1 seed: no CI)" in once and "| 1 × " in once
+    assert scripted.startswith("| 1–2 |") and "no CI" not in scripted and " [" in scripted
+
+
 def test_cli_without_a_leaderboards_directory_names_root(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["build", "--check"]) == 2
