@@ -384,7 +384,7 @@ def _reference_page(env_id: str, references: Sequence[Mapping[str, Any]]) -> str
 
 
 def _plot(key: GroupKey, rows: Sequence[Row], references: Sequence[Mapping[str, Any]]) -> str:
-    ranked = [PlotRow(f"{_band(r.band)}. {r.entry['method']['name']}", mean=r.mean, iqm=r.iqm) for r in rows]
+    ranked = [PlotRow(_plot_label(r), mean=r.mean, iqm=r.iqm) for r in rows]
     refs = [
         PlotRow(f"{e['method']['name']} ({e['dataset']['name']})", reported=e["metrics"]["reported"]["return"])
         for e in references
@@ -393,6 +393,11 @@ def _plot(key: GroupKey, rows: Sequence[Row], references: Sequence[Mapping[str, 
     return interval_plot(
         f"{key.env_id}, split {key.split} (spec {key.spec_hash[:8]}, data {key.dataset_hash[:8]})", ranked, refs
     )
+
+
+def _plot_label(row: Row) -> str:
+    """A ranked row's label in the interval plot; a one-seed row says so, since its bar has no width."""
+    return f"{_band(row.band)}. {row.entry['method']['name']}" + (" (1 seed)" if _one_seed(row.entry) else "")
 
 
 def _index(pages: Sequence[tuple[str, str, str, str, int]]) -> str:
