@@ -25,6 +25,7 @@ from llm_coop_leaderboard.scoring import COMPONENTS, RescoreError, env_for_entry
 from llm_coop_leaderboard.stats import (
     BOOTSTRAP_REPLICATES,
     BOOTSTRAP_SEED,
+    MIN_INTERVAL_SEEDS,
     Interval,
     rank_bands,
     stratified_bootstrap_ci,
@@ -147,9 +148,8 @@ def _rows(entries: Sequence[Mapping[str, Any]], statuses: Mapping[str, tuple[str
 
 
 def _one_seed(entry: Mapping[str, Any]) -> bool:
-    """Whether the entry has a single seed: the seed-resampling bootstrap then has nothing to resample, and
-    its interval (zero width) says nothing about how far another seed would land."""
-    return len(entry["seeds"]) < 2
+    """Whether the entry has too few seeds for its interval to mean anything (``MIN_INTERVAL_SEEDS``)."""
+    return len(entry["seeds"]) < MIN_INTERVAL_SEEDS
 
 
 def _ranking_interval(row: Row) -> Interval:
@@ -265,7 +265,8 @@ def _ranked_table(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
             entry["method"]["family"],
             _models(entry),
         ]
-        cells += [_steps_cell(entry, differ), _ci(row.mean, _one_seed(entry)), _ci(row.iqm, _one_seed(entry))]
+        one_seed = _one_seed(entry)
+        cells += [_steps_cell(entry, differ), _ci(row.mean, one_seed), _ci(row.iqm, one_seed)]
         cells += [_fmt(c, _seed_mean(entry, c)) for c in columns]
         cells += [f"{row.cells} ({seed_kind(entry)} seeds)", status]
         cells += [f"[{entry['entry_id']}](../entries/{entry['entry_id']}.json)"]

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_coop_leaderboard.stats import Interval, stratified_bootstrap_ci
+from llm_coop_leaderboard.stats import MIN_INTERVAL_SEEDS, Interval, stratified_bootstrap_ci
 from llm_coop_leaderboard.transcripts import Transcript
 
 __all__ = [
@@ -69,12 +69,14 @@ class Comparison:
     @property
     def separates(self) -> bool:
         """At least two shared seeds, the interval of the difference above 0 and ``a`` ahead on every seed."""
-        return len(self.seeds) >= 2 and self.difference.low > 0.0 and self.seeds_ahead == len(self.seeds)
+        return (
+            len(self.seeds) >= MIN_INTERVAL_SEEDS and self.difference.low > 0.0 and self.seeds_ahead == len(self.seeds)
+        )
 
     @property
     def verdict(self) -> str:
         """The separation in words, with the reason when there is none."""
-        if len(self.seeds) < 2:
+        if len(self.seeds) < MIN_INTERVAL_SEEDS:
             return "one seed: the interval has no width (seeds are resampled), so no separation is claimed"
         if self.separates:
             return "a separates from b"

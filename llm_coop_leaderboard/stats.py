@@ -32,6 +32,7 @@ from numpy.typing import ArrayLike, NDArray
 __all__ = [
     "BOOTSTRAP_REPLICATES",
     "BOOTSTRAP_SEED",
+    "MIN_INTERVAL_SEEDS",
     "Interval",
     "iqm",
     "mean",
@@ -42,6 +43,10 @@ __all__ = [
 
 BOOTSTRAP_SEED = 20250806
 """Fixed seed of every bootstrap (the MAGRPO paper's arXiv date), so intervals are reproducible."""
+
+MIN_INTERVAL_SEEDS = 2
+"""Fewest seeds whose stratified bootstrap interval means anything: it resamples seeds within each task, so
+with one seed every replicate is the same matrix and the interval has zero width."""
 BOOTSTRAP_REPLICATES = 2000
 
 Statistic = Callable[[NDArray[np.float64]], NDArray[np.float64]]

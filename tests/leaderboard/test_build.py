@@ -140,12 +140,13 @@ def test_a_one_seed_row_shows_no_interval_and_is_not_ranked_as_certain(board: Pa
     entry.update(entry_id="one-seed", transcript={**entry["transcript"], "path": "transcripts/one-seed.jsonl.gz"})
     entry["method"]["name"] = "Once"
     (board / "entries" / "one-seed.json").write_text(json.dumps(entry))
-    page = next(t.decode() for n, t in build_outputs(board).items() if n.endswith(".md") and "writing" in n)
+    outputs = build_outputs(board)
+    page = next(t.decode() for n, t in outputs.items() if n.endswith(".md") and "writing" in n)
     once = next(line for line in page.splitlines() if "[one-seed]" in line)
     scripted = next(line for line in page.splitlines() if f"[{WRITING_ENTRY}]" in line)
     assert once.startswith("| 1–2 |") and "(1 seed: no CI)" in once and "| 1 × " in once
     assert scripted.startswith("| 1–2 |") and "no CI" not in scripted and " [" in scripted
-    plot = next(t.decode() for n, t in build_outputs(board).items() if n.endswith(".svg") and "writing" in n)
+    plot = next(t.decode() for n, t in outputs.items() if n.endswith(".svg") and "writing" in n)
     assert "Once (1 seed)" in plot and plot.count("(1 seed)") == 1
 
 
