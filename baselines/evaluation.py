@@ -102,7 +102,13 @@ from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
 from llm_coop_envs.datasets import DatasetError
 from llm_coop_envs.wrappers import SingleAgentEnv
-from llm_coop_leaderboard.entries import collect_provenance, dataset_fingerprint, make_entry, write_entry
+from llm_coop_leaderboard.entries import (
+    collect_provenance,
+    dataset_fingerprint,
+    entry_digest,
+    make_entry,
+    write_entry,
+)
 from llm_coop_leaderboard.schema import EntryError, leaderboard_root, method_families
 from llm_coop_leaderboard.scoring import aggregate
 from llm_coop_leaderboard.transcripts import Transcript, TranscriptRecord, TurnRecord, write_transcript
@@ -464,15 +470,14 @@ def entry_id_for(cfg: EvalConfig, plan: Plan, method_name: str, env: CoopParalle
     shown = []
     for name in dict.fromkeys(_model_names(cfg, plan)):
         shown.append("embedded" if _display(name).startswith("embedded:") else _slug(Path(name).name)[:24])
-    config = {
-        "decoding": _decoding(plan, env, cfg.samples),
-        "env_kwargs": env.spec.to_dict()["kwargs"],
-        "seeds": sorted(plan.seeds),
-        "seed_kind": plan.seed_kind,
-        "training_seeds": plan.training_seeds,
-        "protocol": plan.protocol,
-    }
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    digest = entry_digest(
+        decoding=_decoding(plan, env, cfg.samples),
+        env_kwargs=env.spec.to_dict()["kwargs"],
+        seeds=plan.seeds,
+        seed_kind=plan.seed_kind,
+        training_seeds=plan.training_seeds,
+        protocol=plan.protocol,
+    )
     steps = f"--{plan.run.steps}steps" if plan.run is not None else ""
     env_id = plan.env.replace("/", "--")
     return f"{_slug(method_name)[:32]}--{'_'.join(shown)}--{env_id}--{plan.split}{steps}--{digest}"

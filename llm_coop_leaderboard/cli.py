@@ -1,9 +1,10 @@
-"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``compare A B``, ``turns ENTRY``,
-``rates ENTRY``, ``example``."""
+"""Command line of the leaderboards: ``build [--check]``, ``rescore ENTRY...``, ``merge A B...``, ``compare A B``,
+``turns ENTRY``, ``rates ENTRY``, ``example``."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from llm_coop_leaderboard.compare import (
     format_rates,
 )
 from llm_coop_leaderboard.entries import write_entry
+from llm_coop_leaderboard.merge import MergeError, load_part, write_merged
 from llm_coop_leaderboard.schema import EntryError, leaderboard_root, load_entry
 from llm_coop_leaderboard.scoring import RescoreError, rescore
 from llm_coop_leaderboard.transcripts import Transcript, TranscriptError, read_transcript
@@ -33,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything is stale/invalid")
     rescore_cmd = commands.add_parser("rescore", help="re-score entries from their transcripts, mark 're-scored'")
     rescore_cmd.add_argument("entries", nargs="+", type=Path)
+    merge = commands.add_parser("merge", help="join entries that differ only in their seeds into one entry")
+    merge.add_argument("entries", nargs="+", type=Path, help="entry files of one evaluation, disjoint seeds")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing merged entry")
+    merge.add_argument("--remove-parts", action="store_true", help="delete the parts' entries and transcripts")
+    merge.add_argument(
+        "--allow-code-change",
+        action="store_true",
+        help="merge parts whose commits differ in baselines/ or llm_coop_envs/",
+    )
     compare = commands.add_parser("compare", help="paired per-seed comparison of two entries, a - b with a 95%% CI")
     compare.add_argument("a", type=Path, help="entry file")
     compare.add_argument("b", type=Path, help="entry file on the same env, dataset and split")
@@ -93,6 +104,26 @@ def _rescore(root: Path, paths: list[Path]) -> int:
     return 0
 
 
+def _merge(root: Path, args: argparse.Namespace, argv: list[str]) -> int:
+    command = shlex.join(["python", "-m", "llm_coop_leaderboard", *argv])
+    try:
+        parts = [load_part(path, root) for path in args.entries]
+        written = write_merged(
+            parts,
+            root,
+            command,
+            overwrite=args.overwrite,
+            remove_parts=args.remove_parts,
+            allow_code_change=args.allow_code_change,
+        )
+    except (EntryError, MergeError, TranscriptError, OSError) as error:
+        print(f"merge: {error}", file=sys.stderr)
+        return 1
+    seeds = sum(len(part.seeds) for part in parts)
+    print(f"merge: wrote {written} ({len(parts)} parts, {seeds} seeds); re-score it: rescore {written}")
+    return 0
+
+
 def _compare(root: Path, a: Path, b: Path, metric: str | None, scale: float) -> int:
     try:
         result = compare_entries(load_entry(a.resolve(), root), load_entry(b.resolve(), root), metric, scale)
@@ -128,6 +159,8 @@ def main(argv: list[str]) -> int:
         return _build(root, args.check)
     if args.command == "rescore":
         return _rescore(root, args.entries)
+    if args.command == "merge":
+        return _merge(root, args, argv)
     if args.command == "compare":
         return _compare(root, args.a, args.b, args.metric, args.scale)
     if args.command == "turns":

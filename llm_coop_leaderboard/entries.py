@@ -22,7 +22,15 @@ from llm_coop_leaderboard.schema import SCHEMA_VERSION, file_sha256, validate_en
 from llm_coop_leaderboard.scoring import aggregate
 from llm_coop_leaderboard.transcripts import Transcript
 
-__all__ = ["collect_provenance", "dataset_fingerprint", "entry_json", "make_entry", "write_entry"]
+__all__ = [
+    "changed_files",
+    "collect_provenance",
+    "dataset_fingerprint",
+    "entry_digest",
+    "entry_json",
+    "make_entry",
+    "write_entry",
+]
 
 _LIBRARIES = ("numpy", "gymnasium", "pettingzoo", "torch", "transformers", "peft", "evaluate")
 
@@ -48,6 +56,29 @@ def dataset_fingerprint(env: CoopParallelEnv, split: str, name: str, revision: s
     }
 
 
+def entry_digest(
+    *,
+    decoding: Mapping[str, Any],
+    env_kwargs: Mapping[str, Any],
+    seeds: Sequence[int],
+    seed_kind: str | None,
+    training_seeds: Sequence[int],
+    protocol: str | None,
+) -> str:
+    """The 8 hex digits that end an entry id: a hash of what makes two evaluations of one method on one env,
+    split and budget differ. ``llm-coop eval`` and ``merge`` both name entries with it, so merging the parts
+    of an evaluation gives the id one evaluation of all its seeds would have."""
+    config = {
+        "decoding": dict(decoding),
+        "env_kwargs": dict(env_kwargs),
+        "seeds": sorted(seeds),
+        "seed_kind": seed_kind,
+        "training_seeds": sorted(training_seeds),
+        "protocol": protocol,
+    }
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def _git(*args: str) -> str | None:
     root = Path(__file__).resolve().parents[1]
     try:
@@ -55,6 +86,13 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
+
+
+def changed_files(a: str, b: str, paths: Sequence[str]) -> list[str] | None:
+    """Files under ``paths`` that differ between commits ``a`` and ``b`` of this checkout (None: git cannot
+    tell here, e.g. no checkout or a commit it does not have)."""
+    out = _git("diff", "--name-only", a, b, "--", *paths)
+    return None if out is None else out.splitlines()
 
 
 _OUTPUTS = tuple(f":(exclude)leaderboards/{d}" for d in ("entries", "transcripts", "generated"))

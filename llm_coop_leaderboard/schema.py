@@ -194,6 +194,7 @@ def _semantic_errors(entry: Mapping[str, Any]) -> Iterator[str]:
         yield "$.reference: only entries of family 'reference' carry a reference block"
     yield from _per_seed_errors(entry)
     yield from _seed_kind_errors(entry)
+    yield from _part_errors(entry)
     if "per_task" in entry:
         yield from _per_task_errors(entry)
     yield from _verification_errors(entry)
@@ -247,6 +248,18 @@ def _seed_kind_errors(entry: Mapping[str, Any]) -> Iterator[str]:
         yield f"$.training_seeds: {sorted(training)} must equal $.seeds {sorted(entry['seeds'])} (seed_kind training)"
     elif kind == "sampling" and len(training) > 1:
         yield f"$.training_seeds: seed_kind sampling evaluates ONE run, got {len(training)} training seeds"
+
+
+def _part_errors(entry: Mapping[str, Any]) -> Iterator[str]:
+    """A merged entry's parts (``provenance.parts``) hold each of its seeds exactly once."""
+    parts = entry["provenance"].get("parts")
+    if parts is None:
+        return
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(seeds) != len(set(seeds)):
+        yield f"$.provenance.parts: a seed appears in more than one part ({sorted(seeds)})"
+    elif sorted(seeds) != sorted(entry["seeds"]):
+        yield f"$.provenance.parts: the parts' seeds {sorted(seeds)} differ from $.seeds {sorted(entry['seeds'])}"
 
 
 def _per_task_errors(entry: Mapping[str, Any]) -> Iterator[str]:
