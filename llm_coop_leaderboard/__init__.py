@@ -3,6 +3,7 @@
     python -m llm_coop_leaderboard build            # regenerate leaderboards/generated/ from the entries
     python -m llm_coop_leaderboard build --check    # exit 1 naming every stale file or invalid entry
     python -m llm_coop_leaderboard rescore leaderboards/entries/<id>.json   # verify, mark 're-scored'
+    python -m llm_coop_leaderboard merge <seed0>.json <seed1>.json   # seeds evaluated apart, as one entry
     python -m llm_coop_leaderboard example --env coop_writing-v0 --seeds 0 1 2
 
 (``llm-coop leaderboard ...`` runs the same :func:`main`.) The layout of ``leaderboards/`` and the meaning of
