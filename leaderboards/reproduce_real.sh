@@ -23,6 +23,8 @@
 # Training evaluates on the first 4 test tasks before and after (a cheap curve); the leaderboard entries
 # evaluate every test task with the training seed as sampling seed, the same decoding for every method.
 # Measured cost on 2 shared CPU cores: see docs/real_models.md.
+# Seeds run apart (SEEDS=1 here, SEEDS=2 elsewhere): evaluate each, then join their entries with
+# `python -m llm_coop_leaderboard merge A.json B.json --remove-parts` (leaderboards/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=smollm2-135m-instruct
