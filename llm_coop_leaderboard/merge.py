@@ -129,7 +129,8 @@ def _shared_fields(part: Part) -> dict[str, Any]:
     }
 
 
-def _check_parts(parts: Sequence[Part]) -> None:
+def _check_parts(parts: Sequence[Part]) -> dict[str, Any]:
+    """Refuse parts that are not one evaluation; returns the fields they share."""
     if len(parts) < 2:
         raise MergeError("merge needs at least two entries")
     seen: dict[int, Path] = {}
@@ -143,6 +144,7 @@ def _check_parts(parts: Sequence[Part]) -> None:
         for name, value in _shared_fields(part).items():
             if value != first[name]:
                 raise MergeError(f"{part.path}: {name} differs from {parts[0].path}'s; only the seeds may differ")
+    return first
 
 
 def _check_code(parts: Sequence[Part]) -> None:
@@ -233,7 +235,7 @@ def merge_entries(
     Raises :class:`MergeError` naming the part and the field when the parts are not one evaluation, or
     (unless ``allow_code_change``) when their commits differ in :data:`CODE_PATHS`."""
     parts = sorted(parts, key=lambda part: part.seeds[0])
-    _check_parts(parts)
+    shared = _check_parts(parts)
     if not allow_code_change:
         _check_code(parts)
     first = parts[0]
@@ -241,7 +243,7 @@ def merge_entries(
     transcript = Transcript(
         first.transcript.env_id, first.transcript.spec_hash, first.transcript.split, first.transcript.agents, records
     )
-    pass_ks = [int(name.split("@")[1]) for name in _shared_fields(first)["pass@k"]]
+    pass_ks = [int(name.split("@")[1]) for name in shared["pass@k"]]
     result = aggregate(records, pass_ks=pass_ks or (1,))
     _check_metrics(parts, result.per_seed)
     seeds = sorted(seed for part in parts for seed in part.seeds)
@@ -250,7 +252,7 @@ def merge_entries(
     entry.update(
         entry_id=_merged_id(parts, seeds, training),
         seeds=seeds,
-        models=_shared_fields(first)["$.models"],
+        models=shared["$.models"],
         metrics={"primary": first.entry["metrics"]["primary"], "per_seed": result.per_seed},
         per_task=result.per_task,
         provenance=_merged_provenance(parts, command),
