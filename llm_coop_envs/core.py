@@ -251,6 +251,12 @@ class CoopParallelEnv(ParallelEnv[str, dict[str, str], str]):
             raise NotImplementedError(f"{type(self).__name__} has {len(self.possible_agents)} agents, not two parts")
         return dict(zip(self.possible_agents, split_two_parts(text), strict=True))
 
+    def single_feedback_message(self, task: Task, history: tuple[Turn, ...]) -> str:
+        """The user message that opens turn ``len(history)`` of the single-model view in a multi-turn episode
+        (default: the last agent's :meth:`feedback_message`, the agent whose task message the single model
+        answers)."""
+        return self.feedback_message(task, self.possible_agents[-1], history)
+
     def handoff_message(self, first_text: str) -> str:
         """What the second agent is told of the first agent's text in the sequential protocol."""
         raise NotImplementedError(f"{type(self).__name__} defines no sequential hand-off (handoff_message)")

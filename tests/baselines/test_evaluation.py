@@ -25,6 +25,7 @@ from baselines.heldout import EVAL_SEED, load_run_policies, read_run
 from baselines.lm.embedded import EMBEDDED_DIR
 from baselines.lm.policies import SamplingConfig
 from baselines.untrained import (
+    SINGLE_AGENT,
     discussion_prompt,
     generate_calls,
     make_env,
@@ -254,6 +255,35 @@ def test_untrained_team_plays_a_multi_turn_env_with_feedback_like_a_trained_run(
     replay.reset(seed=0, options={"task_id": env.task_ids("test")[0]})
     o, *_ = replay.step(dict(records[0].turns[0].actions))
     assert second.messages == env_prompt(replay, o, "main").messages  # the env's feedback observation
+
+
+def test_untrained_single_model_plays_a_multi_turn_env_as_the_single_agent_view(tmp_path):
+    cfg = _baseline(env="coop_coding-v0", baseline="single", max_turns=2, seeds=(0,), root=tmp_path)
+    entry = load_entry(evaluate(cfg).entry_path, tmp_path)
+    assert entry["env"]["spec_hash"] == make("coop_coding-v0", max_turns=2).spec.spec_hash()  # the 2-turn board
+    assert (
+        entry["method"]["config"]["protocol"] == "single"
+        and "The model revises over 2 turns" in entry["method"]["description"]
+    )
+    assert entry["decoding"]["max_turns"] == 2 and entry["decoding"]["max_new_tokens"] == 16  # both parts: twice 8
+    assert [m["agent"] for m in entry["models"]] == [SINGLE_AGENT]
+    transcript = read_transcript(tmp_path / entry["transcript"]["path"])
+    assert len(transcript.records) == 16 and {len(r.turns) for r in transcript.records} == {2}
+    assert all(t.actions["helper"] == "" for r in transcript.records for t in r.turns)  # all of it is main
+    assert rescore(entry, transcript).records == 16
+
+
+def test_single_agent_grpo_trains_and_evaluates_over_two_turns(tmp_path):
+    run = _train(
+        tmp_path / "solo2", env="single:coop_coding-v0", max_turns=2, max_new_tokens=6, eval_tasks=1, eval_seeds=1
+    )
+    assert json.loads((run / "config.json").read_text())["max_turns"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["breakdown/turn2/return_mean"] >= 0  # the second turn was played and trained on
+    entry = load_entry(evaluate(_quick(env="coop_coding-v0", policy=str(run), root=tmp_path)).entry_path, tmp_path)
+    assert entry["method"]["name"] == "Single-agent GRPO" and entry["decoding"]["max_turns"] == 2
+    transcript = read_transcript(tmp_path / entry["transcript"]["path"])
+    assert {len(r.turns) for r in transcript.records} == {2} and rescore(entry, transcript).records == 16
 
 
 def test_multi_turn_baseline_flags_are_checked(trained_run):

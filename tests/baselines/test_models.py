@@ -216,6 +216,23 @@ def test_multi_turn_prompts_carry_the_previous_reply_as_an_assistant_message(cha
             assert calls[1][agent][i].messages[2]["content"] == root.completions[agent].texts[root.actions[i][a]]
 
 
+def test_the_single_models_second_turn_prompt_is_its_chat_with_the_feedback(chat_dir):
+    env = make_env("single:coop_coding-v0", max_turns=2)
+    obs, _ = env.reset(seed=0, options={"task_id": env.task_ids("train")[0]})
+    policies = Policies([SINGLE_AGENT], str(chat_dir), "full", chat_template=True)
+    calls: list = []
+    original = policies.generate
+    policies.generate = lambda prompts, *a, **k: calls.append(prompts) or original(prompts, *a, **k)  # type: ignore[method-assign]
+    torch.manual_seed(0)
+    root = rollout_tree(env, obs, policies, RolloutSettings(2, "aligned", 2, None, SamplingConfig(6)))
+    assert len(calls) == 2 and len(walk(root)) == 3
+    for i in range(len(root.children)):
+        messages = calls[1][SINGLE_AGENT][i].messages
+        assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+        assert messages[2]["content"] == root.completions[SINGLE_AGENT].texts[root.actions[i][0]]
+        assert messages[3]["content"].startswith("Feedback on your code")
+
+
 def test_the_single_agent_view_has_chat_messages_too():
     env = make_env("single:coop_writing-v0")
     obs, _ = env.reset(seed=0)
