@@ -12,8 +12,9 @@
 # BASELINES (untrained protocols), BASELINE_ENVS (all three envs), BASELINE_SEEDS (their sampling seeds, "0 1 2 3 4"),
 # HUMANEVAL (untrained protocols on the real HumanEval test set, 5 samples per problem, pass@1 and pass@5,
 # phase "humaneval": "parallel single"),
-# TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/; the
-# eval phase then also plays the untrained parallel team at those turns, TEAM_BASELINE=0 skips it),
+# TURNS (1; 2 = the paper's two-turn coding setting with level feedback, runs in $RUNS/<env>-2turn/, the
+# single-agent runs too; the eval phase then also plays the untrained parallel team at those turns, and the
+# untrained single model when ALGOS has single; TEAM_BASELINE=0 skips them),
 # TASKS_PER_STEP (1; B > 1 = one accumulated update over B tasks per step), EVAL_EVERY (0 = before and after only),
 # NPROC (1; N > 1 trains each run with `torchrun --nproc-per-node N`, one run at a time, B a multiple of N),
 # ENV_FLAGS (coding env switches for every run and untrained protocol, e.g. "--answer-start --share-aux-hint";
@@ -67,7 +68,8 @@ train_one() {  # skips finished runs, resumes killed ones; records wall time in 
   [ -f "$out/summary.json" ] && return 0
   mkdir -p "$(dirname "$out")"
   local t0=$SECONDS extra=() mode=(--overwrite)
-  case "$env" in single:*) extra=(--max-new-tokens 320) ;; *) extra=(--max-turns "$TURNS") ;; esac
+  extra=(--max-turns "$TURNS")
+  case "$env" in single:*) extra+=(--max-new-tokens 320) ;; esac
   [ -f "$out/checkpoint.pt" ] && mode=(--resume)
   local launch=("$PY")
   [ "$NPROC" -gt 1 ] && launch=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC")
@@ -93,10 +95,14 @@ if [[ " $PHASES " == *" eval "* ]]; then
         --no-progress --overwrite $ENV_FLAGS
     done
   done
-  if [ "$TURNS" != 1 ] && [ "$TEAM_BASELINE" = 1 ]; then  # the untrained team on the multi-turn board
+  if [ "$TURNS" != 1 ] && [ "$TEAM_BASELINE" = 1 ]; then  # the untrained team (and single model) at those turns
+    starts=parallel
+    [[ " $ALGOS " == *" single "* ]] && starts="parallel single"
     for env in $ENVS; do
-      $PY -m baselines.evaluation --env "$env" --baseline parallel --max-turns "$TURNS" --model "$MODEL" \
-        --seeds $BASELINE_SEEDS --no-progress --overwrite $ENV_FLAGS
+      for base in $starts; do
+        $PY -m baselines.evaluation --env "$env" --baseline "$base" --max-turns "$TURNS" --model "$MODEL" \
+          --seeds $BASELINE_SEEDS --no-progress --overwrite $ENV_FLAGS
+      done
     done
   fi
   for env in $ENVS; do
