@@ -97,8 +97,8 @@ class SingleAgentEnv:
             assert task is not None
             feedback = inner.single_feedback_message(task, inner.history)
             self._messages += ({"role": "assistant", "content": reply}, {"role": "user", "content": feedback})
-            info["messages"] = self.chat_messages(SINGLE_AGENT)
             observations = {SINGLE_AGENT: {"prompt": inner.render_prompt(self._messages)}}
+        info |= {"messages": self.chat_messages(SINGLE_AGENT), "answer_start": ""}  # the single model's, not helper's
         joint = float(info["joint_reward"])
         return (
             observations,

@@ -52,8 +52,10 @@ def test_a_wrong_first_answer_gets_the_single_models_feedback_and_a_second_turn(
 
 def test_a_solved_first_turn_ends_the_episode(single) -> None:
     single.reset(seed=0)
-    obs, _, terms, _, _ = single.step({SINGLE_AGENT: RIGHT})
+    obs, _, terms, _, infos = single.step({SINGLE_AGENT: RIGHT})
     assert terms[SINGLE_AGENT] and obs == {} and single.agents == []
+    assert infos[SINGLE_AGENT]["messages"] == single.chat_messages(SINGLE_AGENT)  # its own chat, not the helper's
+    assert [m["role"] for m in infos[SINGLE_AGENT]["messages"]] == ["system", "user"]
 
 
 def test_clones_keep_their_own_chat(single) -> None:
