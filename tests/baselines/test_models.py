@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -199,15 +200,21 @@ def test_an_answer_start_opens_the_reply_and_its_tokens_are_prompt_not_sample(ch
         RunConfig(env="single:coop_coding-v0", answer_start=True).validate()
 
 
-def test_multi_turn_prompts_carry_the_previous_reply_as_an_assistant_message(chat_dir):
-    env = make("coop_coding-v0", max_turns=2)
-    obs, _ = env.reset(seed=0, options={"task_id": env.task_ids("train")[0]})
-    policies = Policies(env.possible_agents, str(chat_dir), "full", chat_template=True)
+def _two_turn_tree(env, obs, policies) -> tuple[list, Any]:
+    """A 2-turn rollout tree (G = 2) from ``env``, and the prompts of each ``generate`` call it made."""
     calls: list = []
     original = policies.generate
     policies.generate = lambda prompts, *a, **k: calls.append(prompts) or original(prompts, *a, **k)  # type: ignore[method-assign]
     torch.manual_seed(0)
     root = rollout_tree(env, obs, policies, RolloutSettings(2, "aligned", 2, None, SamplingConfig(6)))
+    return calls, root
+
+
+def test_multi_turn_prompts_carry_the_previous_reply_as_an_assistant_message(chat_dir):
+    env = make("coop_coding-v0", max_turns=2)
+    obs, _ = env.reset(seed=0, options={"task_id": env.task_ids("train")[0]})
+    policies = Policies(env.possible_agents, str(chat_dir), "full", chat_template=True)
+    calls, root = _two_turn_tree(env, obs, policies)
     assert len(calls) == 2 and len(walk(root)) == 3
     for i in range(len(root.children)):
         for a, agent in enumerate(env.possible_agents):
@@ -220,11 +227,7 @@ def test_the_single_models_second_turn_prompt_is_its_chat_with_the_feedback(chat
     env = make_env("single:coop_coding-v0", max_turns=2)
     obs, _ = env.reset(seed=0, options={"task_id": env.task_ids("train")[0]})
     policies = Policies([SINGLE_AGENT], str(chat_dir), "full", chat_template=True)
-    calls: list = []
-    original = policies.generate
-    policies.generate = lambda prompts, *a, **k: calls.append(prompts) or original(prompts, *a, **k)  # type: ignore[method-assign]
-    torch.manual_seed(0)
-    root = rollout_tree(env, obs, policies, RolloutSettings(2, "aligned", 2, None, SamplingConfig(6)))
+    calls, root = _two_turn_tree(env, obs, policies)
     assert len(calls) == 2 and len(walk(root)) == 3
     for i in range(len(root.children)):
         messages = calls[1][SINGLE_AGENT][i].messages
