@@ -74,13 +74,28 @@ class Comparison:
         )
 
     @property
+    def seeds_behind(self) -> int:
+        return sum(a < b for _, a, b in self.per_seed)
+
+    @property
+    def separates_below(self) -> bool:
+        """The mirror of ``separates``: the interval below 0 and ``b`` ahead on every seed."""
+        return (
+            len(self.seeds) >= MIN_INTERVAL_SEEDS
+            and self.difference.high < 0.0
+            and self.seeds_behind == len(self.seeds)
+        )
+
+    @property
     def verdict(self) -> str:
-        """The separation in words, with the reason when there is none."""
+        """The separation in words, either way round, with the reason when there is none."""
         if len(self.seeds) < MIN_INTERVAL_SEEDS:
             return "one seed: the interval has no width (seeds are resampled), so no separation is claimed"
         if self.separates:
             return "a separates from b"
-        return "no separation (interval reaches 0 or a seed behind)"
+        if self.separates_below:
+            return "b separates from a (a is behind on every seed, the interval below 0)"
+        return "no separation (interval reaches 0 or the seeds disagree)"
 
 
 _SAME = ((("env", "id"), "envs"), (("env", "spec_hash"), "env specs"), (("dataset", "hash"), "datasets"))

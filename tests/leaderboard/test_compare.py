@@ -49,6 +49,14 @@ def test_a_seed_behind_does_not_separate(entry: dict[str, Any]) -> None:
     assert "| 0 |" in text and "+0.200 |" in text and "-0.100 |" in text and "no separation" in text
 
 
+def test_a_gap_below_zero_on_every_seed_is_a_separation_the_other_way(entry: dict[str, Any]) -> None:
+    result = compare_entries(_shifted(entry, {"0": 0.1, "1": 0.3}), entry)
+    assert result.difference.high < 0.0 and result.seeds_behind == 2
+    assert result.separates_below and not result.separates
+    assert "b separates from a" in format_comparison(result)
+    assert not compare_entries(entry, _shifted(entry, {"0": 0.1, "1": 0.3})).separates_below
+
+
 def test_only_shared_seeds_are_paired(entry: dict[str, Any]) -> None:
     other = _shifted(entry, {"0": 0.1, "1": 0.3})
     other["seeds"] = [1]
