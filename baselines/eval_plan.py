@@ -85,6 +85,7 @@ class EvalConfig:
     method_name: str | None = None
     root: Path | None = None
     overwrite: bool = False
+    resume: bool = False
     device: str = "cpu"
     threads: int = 1
     progress: bool = True
@@ -125,6 +126,8 @@ class EvalConfig:
             raise EvalError(f"--seeds needs at least one seed, each once; got {list(self.seeds)}")
         if self.heldout:
             self._validate_heldout()
+        if self.heldout and self.resume:
+            raise EvalError("--heldout keeps no progress to resume (a few tasks, checked against the run's numbers)")
 
     def _validate_turns(self) -> None:
         """A baseline's multi-turn flags: only ``parallel`` and ``single`` play the env's turns (the other

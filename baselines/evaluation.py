@@ -67,7 +67,9 @@ Where it goes: ``--root`` (default: ``leaderboards/`` in the current directory; 
 ``<root>/partial/`` and no entry); both paths are printed. The default id is
 ``method--model--env--split[--<steps>steps]--<hash>``, the hash (8 hex digits) covering the decoding, env
 kwargs, seeds and their kind, samples and protocol, so different configurations never share an id. An
-existing entry or transcript is never replaced without ``--overwrite``.
+existing entry or transcript is never replaced without ``--overwrite``. Every finished batch is kept in
+``<root>/partial/<entry_id>.batches.jsonl`` until the entry is written; ``--resume`` continues a killed
+evaluation from them with the same texts and scores (:mod:`baselines.eval_resume`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ from typing import Any
 import torch
 
 from baselines.eval_plan import RUN_ONLY_FIELDS, EvalConfig, EvalError, Plan, entry_env_kwargs, plan_evaluation
+from baselines.eval_resume import FinishedBatches, batches_path
 from baselines.heldout import (
     HeldoutRun,
     RunRecord,
@@ -284,15 +287,35 @@ def _batch_records(
     return records
 
 
+@dataclass
+class Tracking:
+    """The progress bar and the checkpoints of finished batches (:mod:`baselines.eval_resume`)."""
+
+    bar: Any
+    finished: FinishedBatches
+
+
 def evaluate_seed(
-    cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, source: PolicySource, tasks: Sequence[Task], seed: int, bar: Any
+    cfg: EvalConfig,
+    plan: Plan,
+    env: CoopParallelEnv,
+    source: PolicySource,
+    tasks: Sequence[Task],
+    seed: int,
+    track: Tracking,
 ) -> list[TranscriptRecord]:
-    """A baseline on every task x sample of one seed, in batches of ``cfg.batch_tasks`` tasks (0 = all)."""
-    generate = _generator(env, source, plan.sampling, lambda: bar.update(1))
+    """A baseline on every task x sample of one seed, in batches of ``cfg.batch_tasks`` tasks (0 = all); the
+    random state runs on from batch to batch, so a replayed batch restores the state after it."""
+    generate = _generator(env, source, plan.sampling, lambda: track.bar.update(1))
     torch.manual_seed(seed)
     size = cfg.batch_tasks or len(tasks)
     records: list[TranscriptRecord] = []
-    for start in range(0, len(tasks), size):
+    for batch, start in enumerate(range(0, len(tasks), size)):
+        ids = [task.task_id for task in tasks[start : start + size]]
+        replayed = track.finished.replay(seed, batch, ids)
+        if replayed is not None:
+            records.extend(replayed)
+            continue
         episodes = [(task, s) for task in tasks[start : start + size] for s in range(cfg.samples)]
         prompts: dict[str, list[str]] = {agent: [] for agent in env.possible_agents}
         for index, (task, _) in enumerate(episodes):
@@ -300,7 +323,9 @@ def evaluate_seed(
             for agent in env.possible_agents:
                 prompts[agent].append(obs[agent]["prompt"])
         rounds = run_protocol(source.protocol, env, prompts, generate)
-        records.extend(_batch_records(env, episodes, seed, rounds))
+        played = _batch_records(env, episodes, seed, rounds)
+        track.finished.save(seed, batch, ids, played)
+        records.extend(played)
     return records
 
 
@@ -338,7 +363,7 @@ class RunsResult:
     weights: dict[str, dict[str, str | None]] = field(default_factory=dict)  # training seed -> agent -> sha256
 
 
-def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list[str], bar: Any) -> RunsResult:
+def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list[str], track: Tracking) -> RunsResult:
     """Each sampling seed's run played by :func:`baselines.heldout.play_heldout` (the training runner's
     held-out evaluation), in batches of ``cfg.batch_tasks`` tasks (0 = all)."""
     result = RunsResult()
@@ -350,7 +375,7 @@ def evaluate_runs(cfg: EvalConfig, plan: Plan, agents: list[str], task_ids: list
             result.weights[str(run.seed)] = {
                 m["agent"]: m.get("adapter_hash") or m["model_hash"] for m in result.models
             }
-        _play_batches(result, run.make_env_factory(plan.env_kwargs), loaded.policies, cfg, plan, seed, task_ids, bar)
+        _play_batches(result, run.make_env_factory(plan.env_kwargs), loaded.policies, cfg, plan, seed, task_ids, track)
     return result
 
 
@@ -362,16 +387,23 @@ def _play_batches(
     plan: Plan,
     seed: int,
     task_ids: list[str],
-    bar: Any,
+    track: Tracking,
 ) -> None:
     """One seed's episodes played by :func:`baselines.heldout.play_heldout` in batches of ``cfg.batch_tasks``
-    tasks (0 = all), added to ``result``."""
+    tasks (0 = all), added to ``result``; a batch finished before an interruption is replayed from
+    ``track.finished`` (each batch starts from the seed)."""
     size = cfg.batch_tasks or len(task_ids)
-    for start in range(0, len(task_ids), size):
+    for index, start in enumerate(range(0, len(task_ids), size)):
         batch = task_ids[start : start + size]
-        played = play_heldout(factory, policies, batch, plan.sampling, seed, cfg.samples, lambda: bar.update(1))
+        replayed = track.finished.replay(seed, index, batch)
+        if replayed is not None:
+            result.records.extend(replayed)
+            continue
+        played = play_heldout(factory, policies, batch, plan.sampling, seed, cfg.samples, lambda: track.bar.update(1))
         result.played.append(played)
-        result.records.extend(_heldout_records(played))
+        records = _heldout_records(played)
+        track.finished.save(seed, index, batch, records)
+        result.records.extend(records)
 
 
 def _bar_steps_per_batch(plan: Plan, env: CoopParallelEnv) -> int:
@@ -544,17 +576,19 @@ def _plays_as_team(env: CoopParallelEnv) -> bool:
     return env.max_turns > 1 or bool(getattr(env, "answer_start", False))
 
 
-def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
+def _run_baseline(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], track: Tracking) -> RunsResult:
     if _plays_as_team(env):
-        return _run_untrained_team(cfg, plan, env, tasks, bar)
+        return _run_untrained_team(cfg, plan, env, tasks, track)
     source = load_source(cfg, plan, list(env.possible_agents))
     result = RunsResult(models=source.models)
     for seed in plan.seeds:
-        result.records.extend(evaluate_seed(cfg, plan, env, source, tasks, seed, bar))
+        result.records.extend(evaluate_seed(cfg, plan, env, source, tasks, seed, track))
     return result
 
 
-def _run_untrained_team(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], bar: Any) -> RunsResult:
+def _run_untrained_team(
+    cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks: list[Task], track: Tracking
+) -> RunsResult:
     """The untrained model as a team in a multi-turn env (``--baseline parallel --max-turns N``) or one with
     answer starts (``--answer-start``), or as the single model in a multi-turn env (``--baseline single
     --max-turns N``: the single-agent view, :class:`~llm_coop_envs.wrappers.SingleAgentEnv`), played like a
@@ -570,7 +604,7 @@ def _run_untrained_team(cfg: EvalConfig, plan: Plan, env: CoopParallelEnv, tasks
     env_id = f"{SINGLE_PREFIX}{plan.env}" if single else plan.env
     factory = lambda: make_env(env_id, **plan.env_kwargs)  # noqa: E731
     for seed in plan.seeds:
-        _play_batches(result, factory, team, cfg, plan, seed, [t.task_id for t in tasks], bar)
+        _play_batches(result, factory, team, cfg, plan, seed, [t.task_id for t in tasks], track)
     return result
 
 
@@ -583,17 +617,28 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     env, every = _env_and_split(plan)
+    # the commit and versions of the code this process imported now (a commit made while it runs is not its code)
+    provenance = collect_provenance(
+        cfg.command or "llm-coop eval", getattr(getattr(env, "sandbox", None), "backend", None)
+    )
     tasks = every[: plan.tasks] if plan.tasks else every
     method = method_record(cfg, plan)
     entry_id = cfg.entry_id or entry_id_for(cfg, plan, method["name"], env)
     paths = _output_paths(root, entry_id, len(tasks) < len(every), cfg.overwrite)
+    finished = (
+        FinishedBatches.disabled() if cfg.heldout else FinishedBatches.open(batches_path(root, entry_id), cfg, entry_id)
+    )
     batches = math.ceil(len(tasks) / (cfg.batch_tasks or len(tasks)))
-    total = len(plan.seeds) * batches * _bar_steps_per_batch(plan, env)
-    bar = tqdm(total=total, desc=f"eval {plan.env}", disable=not cfg.progress)
+    per_batch = _bar_steps_per_batch(plan, env)
+    bar = tqdm(
+        total=len(plan.seeds) * batches * per_batch, initial=finished.loaded * per_batch, disable=not cfg.progress
+    )
+    bar.set_description(f"eval {plan.env}")
+    track = Tracking(bar, finished)
     if plan.run is None:
-        result = _run_baseline(cfg, plan, env, tasks, bar)
+        result = _run_baseline(cfg, plan, env, tasks, track)
     else:
-        result = evaluate_runs(cfg, plan, list(env.possible_agents), [t.task_id for t in tasks], bar)
+        result = evaluate_runs(cfg, plan, list(env.possible_agents), [t.task_id for t in tasks], track)
     bar.close()
     heldout = recorded = None
     if cfg.heldout and plan.run is not None:
@@ -603,11 +648,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     )
     write_transcript(paths.transcript, transcript)
     if paths.entry is None:  # a leaderboard entry covers the whole split
+        finished.remove()
         per_seed = aggregate(result.records, pass_ks=cfg.pass_k).per_seed
         return EvalResult(None, paths.transcript, per_seed, heldout, recorded)
-    entry = _entry(cfg, plan, env, transcript, paths.transcript, root, method, entry_id, result)
-    entry["provenance"]["wall_time_s"] = round(time.perf_counter() - started, 1)
+    entry = _entry(cfg, plan, env, transcript, paths.transcript, root, method, entry_id, result, provenance)
+    entry["provenance"]["wall_time_s"] = round(time.perf_counter() - started + finished.replayed_seconds, 1)
+    if finished.loaded:
+        entry["provenance"]["resumed_batches"] = finished.loaded
     write_entry(paths.entry, entry)
+    finished.remove()
     return EvalResult(paths.entry, paths.transcript, entry["metrics"]["per_seed"], heldout, recorded)
 
 
@@ -621,6 +670,7 @@ def _entry(
     method: dict[str, Any],
     entry_id: str,
     result: RunsResult,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     models = result.models
     if plan.run is not None:
@@ -628,7 +678,6 @@ def _entry(
         method["config"]["weights_sha256"] = result.weights
         if plan.seed_kind == "training" and len(plan.seeds) > 1:  # one model per seed: the template, no hashes
             models = [_templated(m, cfg, plan.seeds[-1]) for m in result.models]
-    sandbox = getattr(env, "sandbox", None)
     return make_entry(
         entry_id=entry_id,
         env=env,
@@ -639,7 +688,7 @@ def _entry(
         method=method,
         models=models,
         decoding=_decoding(plan, env, cfg.samples),
-        provenance=collect_provenance(cfg.command or "llm-coop eval", getattr(sandbox, "backend", None)),
+        provenance=provenance,
         pass_ks=cfg.pass_k,
         seed_kind=plan.seed_kind,
         training_seeds=plan.training_seeds if plan.run is not None else None,
@@ -712,7 +761,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--entry-id", help="leaderboard entry id (default: method--model--env--split[--Nsteps]--hash)")
     p.add_argument("--method-name", help="method name shown on the leaderboard")
     p.add_argument("--root", type=Path, help="leaderboards directory (default: ./leaderboards)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing entry and transcript of this id")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing entry and transcript of this id (and, without --resume, an interrupted "
+        "evaluation's finished batches)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted evaluation from its finished batches (<root>/partial/<id>.batches.jsonl)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
@@ -730,7 +789,7 @@ def config_from_args(argv: Sequence[str], prog: str = "llm-coop eval") -> EvalCo
         max_turns=a.max_turns, feedback=a.feedback, share_aux_hint=a.share_aux_hint,
         answer_start=a.answer_start, tasks=a.tasks, batch_tasks=a.batch_tasks,
         pass_k=tuple(a.pass_k), heldout=a.heldout, entry_id=a.entry_id, method_name=a.method_name, root=a.root,
-        overwrite=a.overwrite, device=a.device, threads=a.threads, progress=not a.no_progress,
+        overwrite=a.overwrite, resume=a.resume, device=a.device, threads=a.threads, progress=not a.no_progress,
         command=f"{prog} " + shlex.join(list(argv)),
     )  # fmt: skip
 
@@ -743,6 +802,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m baselines.eva
         result = evaluate(cfg)
     except (EvalError, EntryError) as error:
         raise SystemExit(f"llm-coop eval: {error}") from None
+    except KeyboardInterrupt:
+        kept = "" if cfg.heldout else " The finished batches are kept: run the same command with --resume to go on."
+        print(f"llm-coop eval: interrupted.{kept}", file=sys.stderr)
+        return 130
     for seed, metrics in result.per_seed.items():
         shown = "  ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
         print(f"seed {seed}: {shown}")

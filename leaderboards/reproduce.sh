@@ -69,12 +69,12 @@ if [[ " $PHASES " == *" eval "* ]]; then
     extra=()
     if [ "$env" = coop_coding-v0 ]; then extra=(--samples 5 --pass-k 1 5); fi
     for base in single parallel sequential discussion; do
-      $PY -m baselines.evaluation --env "$env" --baseline "$base" --seeds $SEEDS "${extra[@]}" --no-progress --overwrite
+      $PY -m baselines.evaluation --env "$env" --baseline "$base" --seeds $SEEDS "${extra[@]}" --no-progress --overwrite --resume
     done
     for method in magrpo independent single iac maac; do
       [ -d "$RUNS/$env/$method-seed${SEEDS%% *}" ] || continue  # not trained (TRAIN_ENVS)
       $PY -m baselines.evaluation --env "$env" --policy "$RUNS/$env/$method-seed{seed}" --seeds $SEEDS "${extra[@]}" \
-        --no-progress --overwrite
+        --no-progress --overwrite --resume
     done
   done
 fi

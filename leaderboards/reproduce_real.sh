@@ -24,6 +24,8 @@
 # Training evaluates on the first 4 test tasks before and after (a cheap curve); the leaderboard entries
 # evaluate every test task with the training seed as sampling seed, the same decoding for every method.
 # Measured cost on 2 shared CPU cores: see docs/real_models.md.
+# Killed? Run the same command again: finished runs are skipped, a killed run resumes from its last checkpoint
+# (--save-every 2) and a killed evaluation from its finished batches (llm-coop eval --resume).
 # Seeds run apart (SEEDS=1 here, SEEDS=2 elsewhere): evaluate each, then join their entries with
 # `python -m llm_coop_leaderboard merge A.json B.json --remove-parts` (leaderboards/README.md).
 set -euo pipefail
@@ -63,20 +65,20 @@ train_jobs() {  # one line per run: algo train-env output-dir seed
   done
 }
 
-train_one() {  # skips finished runs, resumes killed ones; records wall time in <run>.seconds
+train_one() {  # skips finished runs, resumes killed ones; records wall time in <run>.seconds (summed over resumes)
   local algo=$1 env=$2 out=$3 seed=$4
   [ -f "$out/summary.json" ] && return 0
   mkdir -p "$(dirname "$out")"
-  local t0=$SECONDS extra=() mode=(--overwrite)
+  local t0=$SECONDS extra=() mode=(--overwrite) before=0
   extra=(--max-turns "$TURNS")
   case "$env" in single:*) extra+=(--max-new-tokens 320) ;; esac
-  [ -f "$out/checkpoint.pt" ] && mode=(--resume)
+  [ -f "$out/checkpoint.pt" ] && mode=(--resume) && before=$(cat "$out.seconds" 2>/dev/null || echo 0)
   local launch=("$PY")
   [ "$NPROC" -gt 1 ] && launch=("$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC")
   "${launch[@]}" -m baselines.cli train --algo "$algo" --model "$MODEL" --env "$env" --steps "$STEPS" \
     --seed "$seed" --tasks-per-step "$TASKS_PER_STEP" --eval-every "$EVAL_EVERY" --eval-tasks 4 --eval-seeds 1 \
     --save-every 2 --output-dir "$out" --no-progress "${mode[@]}" "${extra[@]}" $ENV_FLAGS >>"$out.log" 2>&1
-  echo $((SECONDS - t0)) >"$out.seconds"
+  echo $((before + SECONDS - t0)) >"$out.seconds"
 }
 export -f train_one
 export PY MODEL STEPS TURNS TASKS_PER_STEP EVAL_EVERY NPROC ENV_FLAGS
@@ -92,7 +94,7 @@ if [[ " $PHASES " == *" eval "* ]]; then
   for env in $BASELINE_ENVS; do
     for base in $BASELINES; do
       $PY -m baselines.evaluation --env "$env" --baseline "$base" --model "$MODEL" --seeds $BASELINE_SEEDS \
-        --no-progress --overwrite $ENV_FLAGS
+        --no-progress --overwrite --resume $ENV_FLAGS
     done
   done
   if [ "$TURNS" != 1 ] && [ "$TEAM_BASELINE" = 1 ]; then  # the untrained team (and single model) at those turns
@@ -101,14 +103,14 @@ if [[ " $PHASES " == *" eval "* ]]; then
     for env in $ENVS; do
       for base in $starts; do
         $PY -m baselines.evaluation --env "$env" --baseline "$base" --max-turns "$TURNS" --model "$MODEL" \
-          --seeds $BASELINE_SEEDS --no-progress --overwrite $ENV_FLAGS
+          --seeds $BASELINE_SEEDS --no-progress --overwrite --resume $ENV_FLAGS
       done
     done
   fi
   for env in $ENVS; do
     for method in $ALGOS; do
       [ -d "$RUNS/$env$SUFFIX/$method-seed${SEEDS%% *}" ] || continue
-      $PY -m baselines.evaluation --policy "$RUNS/$env$SUFFIX/$method-seed{seed}" --seeds $SEEDS --no-progress --overwrite
+      $PY -m baselines.evaluation --policy "$RUNS/$env$SUFFIX/$method-seed{seed}" --seeds $SEEDS --no-progress --overwrite --resume
     done
   done
 fi
@@ -116,7 +118,7 @@ fi
 if [[ " $PHASES " == *" humaneval "* ]]; then
   for base in $HUMANEVAL; do
     $PY -m baselines.evaluation --env coop_coding-v0 --baseline "$base" --model "$MODEL" --dataset human-eval \
-      --samples 5 --pass-k 1 5 --batch-tasks 8 --no-progress --overwrite
+      --samples 5 --pass-k 1 5 --batch-tasks 8 --no-progress --overwrite --resume
   done
 fi
 
