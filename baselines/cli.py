@@ -12,6 +12,7 @@
     llm-coop train --env single:coop_writing-v0 --max-new-tokens 192    # single-agent GRPO (one model, both parts)
     llm-coop eval --env coop_coding-v0 --policy runs/c0 --seeds 0 1 2 3 4      # evaluate a run -> leaderboard entry
     llm-coop eval --env coop_writing-v0 --baseline sequential --model <name or path>   # untrained baseline
+    llm-coop eval ... --resume           # continue a killed evaluation from its finished batches
     llm-coop leaderboard build [--check] # regenerate (or check) leaderboards/generated/
     llm-coop models                      # the built-in model names (embedded, smollm2-135m-instruct), licences
     llm-coop train --env coop_coding-v0 --model smollm2-135m-instruct   # a real instruct model, from PyPI
