@@ -126,8 +126,6 @@ class EvalConfig:
             raise EvalError(f"--seeds needs at least one seed, each once; got {list(self.seeds)}")
         if self.heldout:
             self._validate_heldout()
-        if self.heldout and self.resume:
-            raise EvalError("--heldout keeps no progress to resume (a few tasks, checked against the run's numbers)")
 
     def _validate_turns(self) -> None:
         """A baseline's multi-turn flags: only ``parallel`` and ``single`` play the env's turns (the other
@@ -158,6 +156,8 @@ class EvalConfig:
                 raise EvalError(f"--heldout uses the run's own evaluation seeds and one sample: leave out {flag}")
         if self.batch_tasks:
             raise EvalError("--heldout batches every task as training did: leave out --batch-tasks")
+        if self.resume:
+            raise EvalError("--heldout keeps no progress to resume (a few tasks, checked against the run's numbers)")
 
 
 @dataclass(frozen=True)

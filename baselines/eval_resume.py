@@ -146,8 +146,7 @@ class FinishedBatches:
     """The finished units of one evaluation and the file they are appended to (``path`` None: kept nowhere)."""
 
     path: Path | None
-    units: dict[tuple[int, int], _Unit] = field(default_factory=dict)
-    loaded: int = 0  # units read from the file when it was opened
+    units: dict[tuple[int, int], _Unit] = field(default_factory=dict)  # read from the file when it was opened
     replayed_seconds: float = 0.0  # their wall time, spent by the interrupted processes
     _clock: float = field(default_factory=time.perf_counter)  # the last save (or the opening)
 
@@ -199,7 +198,6 @@ class FinishedBatches:
         temporary = path.with_name(path.name + ".tmp")  # whole lines only, so the next append starts a line
         temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         temporary.replace(path)
-        finished.loaded = len(finished.units)
         finished.replayed_seconds = sum(unit.seconds for unit in finished.units.values())
         return finished
 
@@ -219,24 +217,27 @@ class FinishedBatches:
     def save(self, seed: int, batch: int, task_ids: Sequence[str], records: list[TranscriptRecord]) -> None:
         """Append a finished unit (with the random state now and the wall time since the last save or the
         opening, loading the models included) and flush it to disk."""
-        now = time.perf_counter()
-        unit = _Unit(list(task_ids), records, now - self._clock, _encode_rng())
-        self._clock = now
-        self.units[(seed, batch)] = unit
         if self.path is None:
             return
+        now = time.perf_counter()
         line = {
             "seed": seed,
             "batch": batch,
-            "task_ids": unit.task_ids,
-            "seconds": round(unit.seconds, 3),
-            "rng": unit.rng,
+            "task_ids": list(task_ids),
+            "seconds": round(now - self._clock, 3),
+            "rng": _encode_rng(),
             "records": [r.to_json() for r in records],
         }
+        self._clock = now
         with self.path.open("a", encoding="utf-8") as stream:
             stream.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
+
+    @property
+    def loaded(self) -> int:
+        """How many finished batches the file held when it was opened."""
+        return len(self.units)
 
     def remove(self) -> None:
         if self.path is not None:
